@@ -1,0 +1,196 @@
+"""The errors esi-worker raises, under one root.
+
+::
+
+    WorkerError
+    ├── ConfigurationError (ValueError)     a setting is missing or invalid
+    ├── ScopeError (ValueError)             a malformed scope argument
+    ├── TokenError                          (django-esi name)
+    │   ├── TokenInvalidError               the grant is dead; the token is unusable
+    │   ├── TokenExpiredError               expired and cannot be refreshed now
+    │   ├── NotRefreshableTokenError        the token has no refresh token
+    │   └── IncompleteResponseError         the SSO answer lacked what we need
+    ├── SSOError                            talking to EVE SSO failed
+    │   ├── SSOTransientError               5xx, timeout, malformed body: retry later
+    │   ├── SSOGrantError                   the SSO says this grant is dead
+    │   ├── SSOConfigurationError           invalid_client: fix the settings
+    │   └── JWTValidationError (ValueError) an access token failed verification
+    ├── ESIError                            talking to ESI failed
+    │   ├── HTTPError                       a non-2xx answer; carries ``status``
+    │   │   ├── ErrorLimitedError           420: the error budget is spent
+    │   │   └── RateLimitedError            429: a rate-limit bucket is empty
+    │   ├── ESITransientError               502/503/504 or a connection error
+    │   ├── SpecError                       the spec could not be loaded
+    │   ├── ScopeMissingError               the token lacks the operation's scope
+    │   └── InvalidLanguageError (ValueError)
+    └── JobError                            a job could not be found or run
+        ├── UnknownJobError (LookupError)
+        └── JobDefinitionError (ValueError)
+
+Leaves keep their context as attributes (status, retry-after, character id)
+and never carry a secret in their text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkerError(Exception):
+    """Root of every error esi-worker raises."""
+
+
+class ConfigurationError(WorkerError, ValueError):
+    """A setting is missing or has an invalid value."""
+
+
+class ScopeError(WorkerError, ValueError):
+    """A scope argument is malformed."""
+
+
+# -- tokens -----------------------------------------------------------------
+
+
+class TokenError(WorkerError):
+    """A stored token cannot be used."""
+
+    def __init__(self, message: str, *, token_id: int | None = None,
+                 character_id: int | None = None) -> None:
+        super().__init__(message)
+        self.token_id = token_id
+        self.character_id = character_id
+
+
+class TokenInvalidError(TokenError):
+    """The token's grant is dead (revoked, owner changed): a new login is needed."""
+
+
+class TokenExpiredError(TokenError):
+    """The access token has expired and could not be refreshed."""
+
+
+class NotRefreshableTokenError(TokenError):
+    """The token has no refresh token, so it cannot be refreshed."""
+
+
+class IncompleteResponseError(TokenError):
+    """The SSO answer lacked a field the token needs."""
+
+
+# -- SSO --------------------------------------------------------------------
+
+
+class SSOError(WorkerError):
+    """A request to EVE SSO failed."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 error: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
+class SSOTransientError(SSOError):
+    """An SSO outage or malformed answer; the same request may work later."""
+
+
+class SSOGrantError(SSOError):
+    """The SSO says the grant is dead (``invalid_grant`` and kin)."""
+
+
+class SSOConfigurationError(SSOError):
+    """The SSO rejected our client credentials (``invalid_client``)."""
+
+
+class JWTValidationError(SSOError, ValueError):
+    """An access token failed signature or claim verification."""
+
+
+# -- ESI --------------------------------------------------------------------
+
+
+class ESIError(WorkerError):
+    """A request to ESI failed."""
+
+
+class HTTPError(ESIError):
+    """ESI answered with an error status."""
+
+    def __init__(self, message: str, *, status: int, operation: str | None = None,
+                 body: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.status_code = status
+        self.operation = operation
+        self.body = body
+        self.headers = headers or {}
+
+
+class ErrorLimitedError(HTTPError):
+    """ESI answered 420: the error budget is spent until the window resets."""
+
+    def __init__(self, message: str, *, reset_s: float | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("status", 420)
+        super().__init__(message, **kwargs)
+        self.reset_s = reset_s
+
+
+class RateLimitedError(HTTPError):
+    """ESI answered 429: a rate-limit bucket is empty."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None,
+                 group: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("status", 429)
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
+        self.group = group
+
+
+class ESITransientError(ESIError):
+    """A 502/503/504 or connection error that outlasted the retries."""
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 operation: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.operation = operation
+
+
+class SpecError(ESIError):
+    """The ESI spec could not be loaded from the named source."""
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class ScopeMissingError(ESIError):
+    """The token does not hold the scope the operation requires."""
+
+    def __init__(self, message: str, *, operation: str, scope: str,
+                 character_id: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.scope = scope
+        self.character_id = character_id
+
+
+class InvalidLanguageError(ESIError, ValueError):
+    """A language ESI does not serve was asked for."""
+
+
+# -- jobs -------------------------------------------------------------------
+
+
+class JobError(WorkerError):
+    """A job could not be found, loaded or run."""
+
+
+class UnknownJobError(JobError, LookupError):
+    """No job of that name is registered."""
+
+
+class JobDefinitionError(JobError, ValueError):
+    """A job declares an invalid schedule, fan-out or scope."""

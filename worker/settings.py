@@ -1,0 +1,147 @@
+"""Settings: the environment is read once, here, into a frozen object."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "ESI_WORKER_"
+PRODUCTION_SSO_URL = "https://login.eveonline.com"
+PRODUCTION_ESI_URL = "https://esi.evetech.net"
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker; built by :meth:`from_env` and passed down.
+
+    Each field is read from ``ESI_WORKER_<FIELD>`` (upper case). Lists and
+    mappings are given as JSON.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    # -- storage and broker --
+    database_url: str | None = None
+    data_dir: Path = Path("~/.local/share/esi-worker")
+    broker_url: str | None = None
+    redis_url: str | None = None
+    db_pool_max: int = Field(default=10, ge=1)
+
+    # -- SSO --
+    sso_base_url: str = PRODUCTION_SSO_URL
+    sso_client_id: str | None = None
+    sso_client_secret: SecretStr | None = None
+    sso_callback_url: str = "http://127.0.0.1:8765/callback"
+    sso_timeout_s: float = Field(default=20.0, gt=0)
+    jwks_max_age_s: float = Field(default=300.0, ge=0)
+
+    # -- ESI --
+    esi_base_url: str = PRODUCTION_ESI_URL
+    esi_compatibility_date: str = "2025-12-16"
+    esi_datasource: str = "tranquility"
+    esi_spec_file: Path | None = None
+    esi_timeout_s: float = Field(default=30.0, gt=0)
+    esi_retries: int = Field(default=3, ge=0)
+    esi_page_concurrency: int = Field(default=8, ge=1)
+    app_name: str = "esi-worker"
+    app_version: str = ""
+    contact_email: str = ""
+
+    # -- tokens --
+    refresh_parallelism: int = Field(default=4, ge=1)
+    refresh_ahead_s: float = Field(default=300.0, ge=0)
+    prune_grace_s: float = Field(default=7 * 86400.0, ge=0)
+
+    # -- worker and scheduler --
+    worker_threads: int = Field(default=8, ge=1)
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    job_intervals: dict[str, float] = Field(default_factory=dict)
+    disabled_jobs: list[str] = Field(default_factory=list)
+    market_regions: list[int] = Field(default_factory=lambda: [10000002])
+    type_ids: list[int] = Field(default_factory=lambda: [34, 35, 36, 37, 38, 39, 40])
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Read the environment once; a bad value raises a clear error.
+
+        :raises ConfigurationError: naming each invalid setting.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        data = self.model_dump()
+        data.update(changes)
+        try:
+            return type(self).model_validate(data)
+        except ValidationError as exc:
+            raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("esi_compatibility_date")
+    @classmethod
+    def _check_compatibility_date(cls, value: str) -> str:
+        if not _DATE_RE.match(value):
+            raise ValueError(f"expected YYYY-MM-DD, got {value!r}")
+        day = dt.date.fromisoformat(value)
+        if day > dt.datetime.now(dt.UTC).date():
+            raise ValueError(f"{value} is in the future; ESI refuses future dates")
+        return value
+
+    @field_validator("sso_base_url", "esi_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def has_sso_credentials(self) -> bool:
+        return bool(self.sso_client_id and self.sso_client_secret)
+
+    @property
+    def user_agent(self) -> str:
+        """The User-Agent ESI asks for: app, version, contact, then us."""
+        from . import __version__
+
+        app = self.app_name + (f"/{self.app_version}" if self.app_version else "")
+        contact = f" ({self.contact_email})" if self.contact_email else ""
+        return f"{app}{contact} esi-worker/{__version__}"
+
+    def __repr_args__(self) -> Any:
+        # SecretStr already hides the secret; URLs may hold passwords.
+        for name, value in super().__repr_args__():
+            if name in {"database_url", "broker_url", "redis_url"} and value:
+                value = _hide_password(str(value))
+            yield name, value
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        parts.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
