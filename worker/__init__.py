@@ -1,3 +1,98 @@
-"""esi-worker: keeps EVE SSO tokens alive and pulls ESI data into PostgreSQL."""
+"""esi-worker: keeps EVE SSO tokens alive and pulls ESI data into PostgreSQL.
+
+Everything a plugin author or a django-esi user reaches for is importable
+from here; the modules behind it load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # tokens
+    "Token": "worker.tokens",
+    "TokenQuery": "worker.tokens",
+    "TokenStore": "worker.tokens",
+    # SSO
+    "SSOClient": "worker.sso",
+    # ESI client
+    "esi_client_factory": "worker.esi.client",
+    "EsiClientProvider": "worker.esi.client",
+    "CachingHttpFuture": "worker.esi.futures",
+    # jobs
+    "job": "worker.jobs",
+    "Job": "worker.jobs",
+    "JobContext": "worker.jobs",
+    "JobRegistry": "worker.jobs",
+    "FanOut": "worker.jobs",
+    # wiring
+    "Runtime": "worker.runtime",
+    "Settings": "worker.settings",
+    "normalize_scopes": "worker.scopes",
+    # errors
+    "WorkerError": "worker.errors",
+    "ConfigurationError": "worker.errors",
+    "ScopeError": "worker.errors",
+    "TokenError": "worker.errors",
+    "TokenInvalidError": "worker.errors",
+    "TokenExpiredError": "worker.errors",
+    "NotRefreshableTokenError": "worker.errors",
+    "IncompleteResponseError": "worker.errors",
+    "SSOError": "worker.errors",
+    "ESIError": "worker.errors",
+    "HTTPError": "worker.errors",
+    "ErrorLimitedError": "worker.errors",
+    "RateLimitedError": "worker.errors",
+    "ScopeMissingError": "worker.errors",
+    "JobError": "worker.errors",
+    "JobSkipped": "worker.errors",
+    "UnknownJobError": "worker.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'worker' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .errors import (
+        ConfigurationError,
+        ErrorLimitedError,
+        ESIError,
+        HTTPError,
+        IncompleteResponseError,
+        JobError,
+        JobSkipped,
+        NotRefreshableTokenError,
+        RateLimitedError,
+        ScopeError,
+        ScopeMissingError,
+        SSOError,
+        TokenError,
+        TokenExpiredError,
+        TokenInvalidError,
+        UnknownJobError,
+        WorkerError,
+    )
+    from .esi.client import EsiClientProvider, esi_client_factory
+    from .esi.futures import CachingHttpFuture
+    from .jobs import FanOut, Job, JobContext, JobRegistry, job
+    from .runtime import Runtime
+    from .scopes import normalize_scopes
+    from .settings import Settings
+    from .sso import SSOClient
+    from .tokens import Token, TokenQuery, TokenStore

@@ -5,11 +5,13 @@
     WorkerError
     ├── ConfigurationError (ValueError)     a setting is missing or invalid
     ├── ScopeError (ValueError)             a malformed scope argument
+    ├── DatabaseUnavailableError (ConnectionError)  PostgreSQL unreachable
     ├── TokenError                          (django-esi name)
     │   ├── TokenInvalidError               the grant is dead; the token is unusable
     │   ├── TokenExpiredError               expired and cannot be refreshed now
     │   ├── NotRefreshableTokenError        the token has no refresh token
-    │   └── IncompleteResponseError         the SSO answer lacked what we need
+    │   ├── IncompleteResponseError         the SSO answer lacked what we need
+    │   └── TokenLookupError (LookupError)  get() found no token, or several
     ├── SSOError                            talking to EVE SSO failed
     │   ├── SSOTransientError               5xx, timeout, malformed body: retry later
     │   ├── SSOGrantError                   the SSO says this grant is dead
@@ -25,7 +27,8 @@
     │   └── InvalidLanguageError (ValueError)
     └── JobError                            a job could not be found or run
         ├── UnknownJobError (LookupError)
-        └── JobDefinitionError (ValueError)
+        ├── JobDefinitionError (ValueError)
+        └── JobSkipped                      a run had nothing to do (no token)
 
 Leaves keep their context as attributes (status, retry-after, character id)
 and never carry a secret in their text.
@@ -46,6 +49,10 @@ class ConfigurationError(WorkerError, ValueError):
 
 class ScopeError(WorkerError, ValueError):
     """A scope argument is malformed."""
+
+
+class DatabaseUnavailableError(WorkerError, ConnectionError):
+    """PostgreSQL cannot be reached; the message names the server, never a password."""
 
 
 # -- tokens -----------------------------------------------------------------
@@ -75,6 +82,10 @@ class NotRefreshableTokenError(TokenError):
 
 class IncompleteResponseError(TokenError):
     """The SSO answer lacked a field the token needs."""
+
+
+class TokenLookupError(TokenError, LookupError):
+    """``TokenQuery.get()`` found no matching token, or more than one."""
 
 
 # -- SSO --------------------------------------------------------------------
@@ -194,3 +205,7 @@ class UnknownJobError(JobError, LookupError):
 
 class JobDefinitionError(JobError, ValueError):
     """A job declares an invalid schedule, fan-out or scope."""
+
+
+class JobSkipped(JobError):
+    """A run found nothing to do, e.g. no token holds the job's scopes."""

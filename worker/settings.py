@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
 
 def _hide_password(url: str) -> str:
-    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _describe(exc: ValidationError) -> str:

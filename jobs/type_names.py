@@ -1,0 +1,55 @@
+"""Type names and descriptions in every language ESI serves (public, localized)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.jobs import JobContext, job
+
+
+@job(every=86400, timeout=900)
+def type_names(ctx: JobContext) -> None:
+    """Store the configured types' names in each language of the operation."""
+    operation = ctx.esi.Universe.get_universe_types_type_id
+    languages = operation.operation.params["language"].param_spec["enum"]
+    rows = []
+    for type_id in ctx.settings.type_ids:
+        for language in languages:
+            row = _fetch(ctx, operation, type_id, language)
+            if row is not None:
+                rows.append(row)
+    _store(ctx, rows)
+    ctx.stats.items = len(rows)
+    ctx.log.info("stored %d type names in %d languages", len(rows), len(languages))
+
+
+def _fetch(ctx: JobContext, operation: Any, type_id: int, language: str) -> tuple | None:
+    future = operation(
+        type_id=type_id, language=language,
+        _request_options={"also_return_response": True},
+    )
+    data, response = future.result()
+    served = (response.headers or {}).get("Content-Language", language)
+    if _base(served) != _base(language):
+        # ESI (or a mirror) fell back to another language: storing it under
+        # the asked-for language would put English text in the German column.
+        ctx.log.debug("type %r: asked for %r, served %r", type_id, language, served)
+        return None
+    return (type_id, language, data["name"], data.get("description"),
+            data.get("group_id"), data.get("published"), ctx.clock.now())
+
+
+def _base(language: str) -> str:
+    return language.lower().split("-")[0]
+
+
+def _store(ctx: JobContext, rows: list[tuple]) -> None:
+    with ctx.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO esi_type_name (type_id, language, name, description, group_id,"
+            " published, fetched) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (type_id, language) DO UPDATE SET name = EXCLUDED.name,"
+            " description = EXCLUDED.description, group_id = EXCLUDED.group_id,"
+            " published = EXCLUDED.published, fetched = EXCLUDED.fetched",
+            rows,
+        )

@@ -1,0 +1,319 @@
+"""Response caching: hits, ETag revalidation, lifetimes, memory and Redis backends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from worker import metrics
+from worker.clock import FrozenClock
+from worker.errors import ConfigurationError
+from worker.esi import MemoryCache, RedisCache, cache_from_settings, esi_client_factory
+from worker.esi.cache import CachedResponse, cache_key, freshness_s
+from worker.settings import Settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.UTC)
+DATE = "Fri, 02 Jan 2026 12:00:00 GMT"
+
+
+def entry(body: str = "[]", expires_at: float = 0.0) -> CachedResponse:
+    return CachedResponse(
+        200, {"Content-Type": "application/json"}, body, expires_at, '"etag"'
+    )
+
+
+def max_age_s(response) -> float:
+    """The lifetime ESI gave an answer."""
+    return freshness_s(response.headers, dt.datetime.now(dt.UTC)) or 0.0
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own, removed afterwards."""
+    prefix = f"esi-worker-test:{secrets.token_hex(4)}:"
+    yield prefix
+    server = redis.Redis.from_url(REDIS_URL)
+    for key in server.scan_iter(f"{prefix}*"):
+        server.delete(key)
+    server.close()
+
+
+# -- through the client ------------------------------------------------------
+
+
+def test_fresh_answer_comes_from_cache_without_a_request(
+    esi_requests, client, emulator
+) -> None:
+    # given one answered call
+    client.Universe.get_universe_types_type_id(type_id=35).result()
+    hits = metrics.CACHE_HITS.labels("get_universe_types_type_id")
+    before = hits._value.get()
+
+    # when the same call is made again
+    future = client.Universe.get_universe_types_type_id(type_id=35)
+    data = future.result()
+
+    # then
+    assert data["name"] == "Pyerite"
+    assert future.from_cache is True
+    assert esi_requests() == 1
+    assert hits._value.get() - before == 1
+
+
+def test_ignore_cache_asks_esi_again(esi_requests, client, emulator) -> None:
+    # given
+    client.Status.get_status().result()
+
+    # when
+    future = client.Status.get_status()
+    future.result(ignore_cache=True)
+
+    # then
+    assert future.from_cache is False
+    assert esi_requests() == 2
+
+
+def test_stale_answer_is_revalidated_with_its_etag(
+    client, emulator, clock: FrozenClock
+) -> None:
+    # given a cached answer whose lifetime has run out
+    first, response = client.Universe.get_universe_types_type_id(
+        type_id=35, _request_options={"also_return_response": True}
+    ).result()
+    clock.advance(max_age_s(response) + 1)
+
+    # when
+    future = client.Universe.get_universe_types_type_id(
+        type_id=35, _request_options={"also_return_response": True}
+    )
+    data, response = future.result()
+
+    # then
+    assert data == first
+    assert future.not_modified is True and response.not_modified is True
+    assert emulator.stats()["esi_requests_by_status"] == {200: 1, 304: 1}
+
+
+def test_revalidated_answer_is_fresh_again(
+    esi_requests, client, emulator, clock: FrozenClock
+) -> None:
+    # given an answer revalidated by a 304
+    _data, response = client.Status.get_status(
+        _request_options={"also_return_response": True}
+    ).result()
+    clock.advance(max_age_s(response) + 1)
+    client.Status.get_status().result()
+
+    # when
+    future = client.Status.get_status()
+    future.result()
+
+    # then
+    assert future.from_cache is True
+    assert esi_requests() == 2
+
+
+def test_each_language_is_cached_apart(esi_requests, client, emulator) -> None:
+    # given the French answer cached
+    client.Universe.get_universe_types_type_id(type_id=35).result(language="fr")
+
+    # when
+    data = client.Universe.get_universe_types_type_id(type_id=35).result(
+        language="en-us"
+    )
+
+    # then
+    assert data["name"] == "Pyerite"
+    assert esi_requests() == 2
+
+
+def test_redis_cache_stores_entries_as_json(
+    esi_requests, emulator, esi_settings, redis_prefix
+) -> None:
+    # given a client caching in Redis
+    cache = RedisCache(REDIS_URL, prefix=redis_prefix)
+    client = esi_client_factory(settings=esi_settings, cache=cache)
+
+    # when
+    client.Status.get_status().result()
+    again = client.Status.get_status()
+    again.result()
+
+    # then
+    server = redis.Redis.from_url(REDIS_URL)
+    keys = list(server.scan_iter(f"{redis_prefix}*"))
+    stored = json.loads(server.get(keys[0]))
+    server.close()
+    cache.close()
+    assert len(keys) == 1
+    assert json.loads(stored["body"])["players"] >= 0
+    assert stored["etag"] and stored["status"] == 200
+    assert again.from_cache is True and esi_requests() == 1
+
+
+def test_unreachable_redis_does_not_fail_the_call(emulator, esi_settings) -> None:
+    # given a Redis URL where nothing listens
+    cache = RedisCache("redis://127.0.0.1:1/0", timeout_s=0.5)
+    client = esi_client_factory(settings=esi_settings, cache=cache)
+    errors = metrics.CACHE_ERRORS.labels("RedisCache")
+    before = errors._value.get()
+
+    # when
+    status = client.Status.get_status().result()
+
+    # then
+    assert "players" in status
+    assert errors._value.get() - before == 2  # the read and the write
+    cache.close()
+
+
+# -- lifetimes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Cache-Control": "public, max-age=300"}, 300.0),
+        ({"Expires": "Fri, 02 Jan 2026 12:05:00 GMT", "Date": DATE}, 300.0),
+        ({"Expires": "Fri, 02 Jan 2026 12:01:00 GMT"}, 60.0),
+    ],
+)
+def test_lifetime_comes_from_max_age_or_expires(headers, expected) -> None:
+    # given / when / then
+    assert freshness_s(headers, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Cache-Control": "max-age=0"},
+        {"Cache-Control": "max-age=-5"},
+        {"Cache-Control": "max-age=soon"},
+        {"Cache-Control": "no-store, max-age=300"},
+        {"Expires": "Fri, 02 Jan 2026 11:00:00 GMT", "Date": DATE},
+        {"Expires": DATE, "Date": DATE},
+        {"Expires": "0"},
+        {"Expires": "-1", "Date": DATE},
+        {"Expires": "tomorrow", "Date": DATE},
+    ],
+)
+def test_lifetimes_that_must_not_cache(headers) -> None:
+    # given / when / then
+    assert freshness_s(headers, NOW) is None
+
+
+def test_answer_without_lifetime_is_not_cached(esi_settings, recording_server) -> None:
+    # given a server answering without any cache header
+    recording_server.reply = (
+        200,
+        "application/json",
+        b'{"players": 1, "server_version": "1", "start_time": "2020-01-01T00:00:00Z"}',
+    )
+    settings = esi_settings.replace(esi_base_url=recording_server.base_url)
+    cache = MemoryCache()
+    client = esi_client_factory(settings=settings, cache=cache)
+
+    # when
+    client.Status.get_status().result()
+    client.Status.get_status().result()
+
+    # then
+    assert len(recording_server.requests) == 2
+    assert len(cache) == 0
+
+
+# -- the backends ----------------------------------------------------------------
+
+
+def test_memory_cache_evicts_least_recently_used_beyond_its_entries() -> None:
+    # given a cache of two entries, "a" used last
+    cache = MemoryCache(max_entries=2)
+    cache.set("a", entry(), 60)
+    cache.set("b", entry(), 60)
+    cache.get("a")
+
+    # when
+    cache.set("c", entry(), 60)
+
+    # then
+    assert cache.get("b") is None
+    assert cache.get("a") is not None and cache.get("c") is not None
+
+
+def test_memory_cache_stays_within_its_bytes() -> None:
+    # given a cache of about two bodies of 1000 bytes
+    cache = MemoryCache(max_bytes=2300)
+
+    # when
+    for key in "abc":
+        cache.set(key, entry("x" * 1000), 60)
+
+    # then
+    assert cache.bytes_used <= 2300
+    assert cache.get("a") is None and cache.get("c") is not None
+
+
+def test_memory_cache_forgets_entries_after_their_ttl() -> None:
+    # given
+    clock = FrozenClock()
+    cache = MemoryCache(clock=clock)
+    cache.set("a", entry(), 60)
+
+    # when
+    clock.advance(61)
+
+    # then
+    assert cache.get("a") is None and len(cache) == 0
+
+
+def test_redis_cache_round_trips_an_entry(redis_prefix) -> None:
+    # given
+    cache = RedisCache(REDIS_URL, prefix=redis_prefix)
+    stored = entry('{"a": "é"}', expires_at=123.5)
+
+    # when
+    cache.set("k", stored, 60)
+    found = cache.get("k")
+    cache.delete("k")
+
+    # then
+    assert found == stored
+    assert cache.get("k") is None
+    cache.close()
+
+
+def test_redis_cache_refuses_a_url_that_is_not_redis() -> None:
+    # given / when / then
+    with pytest.raises(ConfigurationError, match="'http'"):
+        RedisCache("http://127.0.0.1:6379")
+
+
+def test_cache_from_settings_shares_one_instance_per_backend() -> None:
+    # given
+    memory = Settings()
+    shared = Settings(redis_url=REDIS_URL)
+
+    # when / then
+    assert isinstance(cache_from_settings(memory), MemoryCache)
+    assert cache_from_settings(memory) is cache_from_settings(Settings())
+    assert isinstance(cache_from_settings(shared), RedisCache)
+
+
+def test_cache_key_never_holds_the_token_and_separates_characters() -> None:
+    # given the same request with different token parameters and characters
+    def key(**kwargs):
+        query = {"page": 1, **kwargs.pop("query", {})}
+        return cache_key("GET", "http://esi/latest/x/", query, **kwargs)
+
+    # when / then
+    assert key(query={"token": "secret-1"}) == key(query={"token": "secret-2"}) == key()
+    assert "secret" not in key(query={"token": "secret"})
+    assert key(character_id=1) != key(character_id=2)
+    assert key(headers=[("Accept-Language", "fr")]) != key()

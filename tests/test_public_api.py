@@ -1,0 +1,27 @@
+"""What `worker` exports is what its __all__ lists, and every name resolves."""
+
+from __future__ import annotations
+
+import worker
+
+REQUIRED = {
+    "Token", "esi_client_factory", "EsiClientProvider", "CachingHttpFuture",
+    "TokenError", "TokenInvalidError", "TokenExpiredError",
+    "NotRefreshableTokenError", "IncompleteResponseError", "job", "JobContext",
+}
+
+
+def test_all_lists_the_django_esi_and_plugin_names() -> None:
+    assert REQUIRED <= set(worker.__all__)
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in worker.__all__:
+        assert getattr(worker, name) is not None, name
+
+
+def test_errors_share_one_root() -> None:
+    for name in worker.__all__:
+        value = getattr(worker, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, worker.WorkerError), name

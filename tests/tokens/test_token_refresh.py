@@ -1,0 +1,291 @@
+"""Refreshing tokens: valid_access_token, the row lock, every SSO answer, get_token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+import pytest
+
+from worker.errors import (
+    SSOConfigurationError,
+    SSOTransientError,
+    TokenExpiredError,
+    TokenInvalidError,
+)
+from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token
+
+from .conftest import ASSETS, CHARACTER_ID, SKILLS, WALLET, stored, token_count
+
+
+def test_valid_access_token_refreshes_and_stores_the_rotated_refresh_token(
+    emulator, sso_token, store
+):
+    # given an expired token and an SSO that retires used refresh tokens
+    emulator.configure(rotation="rotate_reject_old")
+    token = sso_token()
+    old_refresh = token.refresh_token
+    assert token.expired
+
+    # when its access token is asked for
+    access = token.valid_access_token()
+
+    # then it was refreshed once and the new refresh token was stored
+    row = stored(store, token)
+    assert access == row.access_token and not row.expired
+    assert row.refresh_token != old_refresh
+    assert token.refresh_token == row.refresh_token
+    assert emulator.stats()["sso_token_requests"] == 1
+
+    # and the stored refresh token works for the next refresh
+    token.refresh()
+    assert stored(store, token).state == VALID
+
+
+def test_a_fresh_token_is_not_refreshed(emulator, sso_token):
+    # given a token refreshed a moment ago
+    token = sso_token()
+    token.valid_access_token()
+
+    # when its access token is asked for again
+    token.valid_access_token()
+
+    # then no further SSO call was made
+    assert emulator.stats()["sso_token_requests"] == 1
+
+
+def test_twenty_threads_make_exactly_one_sso_call(emulator, sso_token, store):
+    # given an expired token and a slow SSO, so the threads overlap
+    emulator.configure(rotation="rotate_reject_old", sso_latency_s=0.3)
+    token = sso_token()
+    barrier = threading.Barrier(20)
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def use_token() -> None:
+        mine = store.get(token.id)
+        barrier.wait()
+        try:
+            answers.append(mine.valid_access_token())
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    # when twenty threads ask for its access token at once
+    threads = [threading.Thread(target=use_token) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # then the SSO was called once and every thread got the same fresh token
+    assert errors == []
+    assert emulator.stats()["sso_token_requests"] == 1
+    assert set(answers) == {stored(store, token).access_token}
+
+
+def test_twenty_threads_sharing_one_token_object_make_one_sso_call(emulator,
+                                                                   sso_token):
+    # given one expired Token object shared by the threads
+    emulator.configure(sso_latency_s=0.3)
+    token = sso_token()
+
+    # when twenty threads ask it for its access token at once
+    threads = [threading.Thread(target=token.valid_access_token) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # then the SSO was called once
+    assert emulator.stats()["sso_token_requests"] == 1
+
+
+def test_a_stale_copy_does_not_spend_a_rotated_refresh_token(emulator, sso_token,
+                                                              store):
+    # given two copies of a token, one of which refreshes (rotating the secret)
+    emulator.configure(rotation="rotate_reject_old")
+    stale = sso_token()
+    store.get(stale.id).refresh()
+    calls = emulator.stats()["sso_token_requests"]
+
+    # when the stale copy asks for a refresh with its old refresh token
+    fresh = store.refresh(stale)
+
+    # then the stored token is returned without calling the SSO, still valid
+    assert emulator.stats()["sso_token_requests"] == calls
+    assert fresh.state == VALID and fresh.refresh_token != stale.refresh_token
+
+
+@pytest.mark.parametrize(
+    ("switches", "reason"),
+    [({"sso_faults": [{"kind": "invalid_grant"}]}, "invalid_grant"),
+     ({"legacy_invalid_token": True}, "invalid_token")],
+    ids=["invalid_grant", "legacy_invalid_token"],
+)
+def test_a_dead_grant_marks_the_token_revoked_and_keeps_it(
+    emulator, sso_token, store, switches, reason
+):
+    # given a token whose grant the SSO no longer honours
+    token = sso_token()
+    if "legacy_invalid_token" in switches:
+        store.sso.revoke(token.refresh_token)
+    emulator.configure(**switches)
+
+    # when its access token is asked for
+    with pytest.raises(TokenInvalidError) as caught:
+        token.valid_access_token()
+
+    # then it is revoked with the reason, and still stored
+    row = stored(store, token)
+    assert row.state == REVOKED and reason in row.state_reason
+    assert row.state_changed is not None
+    assert token_count(store) == 1
+    assert token.refresh_token not in str(caught.value)
+    assert list(store.query()) == []
+
+
+def test_invalid_client_touches_nothing_and_is_logged_critical(
+    emulator, sso_token, store, caplog
+):
+    # given an SSO that refuses our client credentials
+    token = sso_token()
+    before = stored(store, token)
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}])
+
+    # when the token is refreshed
+    with pytest.raises(SSOConfigurationError):
+        token.valid_access_token()
+
+    # then the row is exactly as before and the failure was logged critical
+    after = stored(store, token)
+    assert (after.state, after.refresh_failures, after.refresh_token,
+            after.updated) == (VALID, 0, before.refresh_token, before.updated)
+    assert any(r.levelno == logging.CRITICAL for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"status": 503}, {"status": 502}, {"status": 429, "retry_after": 600},
+     {"kind": "non_json"}, {"kind": "no_access_token"},
+     {"kind": "timeout", "seconds": 1.5}],
+    ids=["503", "502", "429", "non_json", "no_access_token", "timeout"],
+)
+@pytest.mark.parametrize("esi_settings_overrides", [{"sso_timeout_s": 0.5}])
+def test_a_transient_failure_keeps_the_token_and_schedules_a_retry(
+    emulator, sso_token, store, fault
+):
+    # given an SSO giving one transient failure
+    token = sso_token()
+    emulator.configure(sso_faults=[fault])
+    started = store.clock.now()
+
+    # when the expired token's access token is asked for
+    with pytest.raises(TokenExpiredError) as caught:
+        token.valid_access_token()
+
+    # then the token stays valid, with the failure noted and a retry planned
+    row = stored(store, token)
+    assert row.state == VALID and row.refresh_token == token.refresh_token
+    assert row.refresh_failures == 1 and row.last_refresh_error
+    assert row.next_refresh_attempt > started
+    if fault.get("retry_after"):
+        assert row.next_refresh_attempt >= started + dt.timedelta(seconds=600)
+    assert isinstance(caught.value.__cause__, SSOTransientError)
+    assert token_count(store) == 1
+
+    # and the next attempt succeeds
+    assert token.valid_access_token() == stored(store, token).access_token
+
+
+def test_a_changed_owner_kills_the_token(emulator, sso_token, store):
+    # given a character that changed account since the login
+    token = sso_token()
+    emulator.configure(owner_changes=[CHARACTER_ID])
+
+    # when the token is refreshed
+    with pytest.raises(TokenInvalidError, match=OWNER_CHANGED):
+        token.valid_access_token()
+
+    # then it is marked owner_changed and kept; the new grant was not stored
+    row = stored(store, token)
+    assert row.state == OWNER_CHANGED
+    assert row.access_token == token.access_token
+    assert token_count(store) == 1
+
+
+def test_a_token_without_refresh_token_cannot_renew(add_token):
+    # given an expired token without refresh token
+    token = add_token(scopes=[], refreshable=False, expires_in_s=-10)
+
+    # when its access token is asked for
+    with pytest.raises(TokenExpiredError):
+        token.valid_access_token()
+    # then TokenExpiredError says it cannot be renewed
+    assert not token.can_refresh
+
+
+def test_get_token_returns_a_usable_token_or_false(sso_token, runtime):
+    # given a token holding assets and skills
+    token = sso_token(scopes=[ASSETS, SKILLS])
+
+    # when get_token is asked for held and unheld scopes
+    found = Token.get_token(CHARACTER_ID, [ASSETS])
+    missing = Token.get_token(CHARACTER_ID, [WALLET])
+
+    # then it refreshed and returned the token, or False
+    assert found == token and not found.expired
+    assert missing is False
+    assert Token.get_token(90000001, ASSETS) is False
+
+
+def test_require_valid_refreshes_expired_tokens_and_drops_dead_ones(
+    emulator, sso_token, store
+):
+    # given one healthy expired token and one whose grant was revoked
+    healthy = sso_token(character_id=CHARACTER_ID)
+    doomed = sso_token(character_id=90000001)
+    store.sso.revoke(doomed.refresh_token)
+
+    # when only valid tokens are asked for
+    found = list(store.query().require_valid())
+
+    # then the healthy one was refreshed, the dead one left out and revoked
+    assert found == [healthy] and not found[0].expired
+    assert stored(store, doomed).state == REVOKED
+
+
+def test_bulk_refresh_refreshes_every_token_of_the_query(emulator, sso_token,
+                                                         store):
+    # given two tokens and one revoked grant
+    first = sso_token(character_id=CHARACTER_ID)
+    second = sso_token(character_id=90000001)
+    third = sso_token(character_id=90000002)
+    store.sso.revoke(third.refresh_token)
+
+    # when they are bulk refreshed
+    refreshed = store.query().bulk_refresh()
+
+    # then the live ones were refreshed and come back
+    assert set(refreshed) == {first, second}
+    assert all(not t.expired for t in refreshed)
+    assert stored(store, third).state == REVOKED
+
+
+def test_secrets_appear_in_no_repr_error_or_log(emulator, sso_token, store, caplog):
+    # given a refreshed token, then a revoked one, with debug logs captured
+    caplog.set_level(logging.DEBUG, logger="worker")
+    token = sso_token()
+    token.valid_access_token()
+    store.sso.revoke(token.refresh_token)
+    with pytest.raises(TokenInvalidError) as caught:
+        token.refresh()
+
+    # when the repr, error and logs are read
+    shown = " ".join([repr(token), str(caught.value), repr(caught.value),
+                      repr(store), repr(store.query()), caplog.text])
+
+    # then no secret is in them
+    for secret in (token.access_token, token.refresh_token,
+                   emulator.client_secret):
+        assert secret not in shown

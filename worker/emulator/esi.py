@@ -1,0 +1,371 @@
+"""ESI replay: route, check, limit, and answer from the recordings."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Any
+
+import jwt
+
+from .cache import (
+    DEFAULT_LIFETIME_S,
+    CacheGenerations,
+    cache_headers,
+    etag_matches,
+    make_etag,
+)
+from .config import parse_limit
+from .limits import BucketLimiter, ErrorLimiter
+from .messages import (
+    Request,
+    Response,
+    error_response,
+    json_bytes_response,
+    json_response,
+    text_response,
+)
+from .operations import Match, Operation, OperationTable, SpecDocuments
+from .recordings import RecordingLibrary, normalize_language
+from .state import EmulatorState
+
+log = logging.getLogger(__name__)
+
+LANGUAGES = ("en", "en-us", "de", "fr", "ja", "ru", "zh", "ko", "es")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclasses.dataclass
+class _Call:
+    """What is known about one ESI request as it moves through the checks."""
+
+    request: Request
+    match: Match | None
+    claims: dict[str, Any] | None = None
+    auth_problem: str = ""
+    character_id: int | None = None
+    compatibility_date: str | None = None
+
+
+class ESIService:
+    """Answers every path that is not SSO or admin, the way ESI would."""
+
+    def __init__(
+        self,
+        state: EmulatorState,
+        table: OperationTable,
+        library: RecordingLibrary,
+        documents: SpecDocuments,
+    ) -> None:
+        self._state = state
+        self._table = table
+        self._library = library
+        self._documents = documents
+        self.generations = CacheGenerations(state.clock)
+        self.errors = ErrorLimiter(state.clock)
+        self.buckets = BucketLimiter(state.clock)
+        self._rate_limits: dict[str, tuple[str, str] | None] = {}
+
+    def clear(self) -> None:
+        """Forget cache generations and limiter history."""
+        self.generations.clear()
+        self.errors.clear()
+        self.buckets.clear()
+
+    def handle(self, request: Request) -> Response:
+        """The full answer to one ESI request, limits and counters included."""
+        config = self._state.switches
+        if config.esi_latency_s:
+            time.sleep(config.esi_latency_s)
+        version, bare = self._table.split_version(request.path)
+        call = _Call(request, self._table.match(request.method, bare))
+        if call.match is not None and call.match.operation.authed:
+            self._identify(call)
+
+        bucket = self._bucket(call)
+        remain, _ = self.errors.state(config.error_budget, config.error_window_s)
+        if remain <= 0:
+            response = error_response(
+                420,
+                "This software has exceeded the error "
+                "limit for ESI. Please fix the error rate.",
+            )
+        elif bucket is not None and (limited := self._bucket_refusal(call, bucket)):
+            response = limited
+        else:
+            response = self._answer(call, version, bare)
+            self.errors.record(response.status, config.error_window_s)
+
+        self._limit_headers(call, response, bucket, remain <= 0)
+        response.headers.append(("X-Esi-Request-Id", str(uuid.uuid4())))
+        self._state.stats.esi_request(request.path, response.status)
+        return response
+
+    def _answer(self, call: _Call, version: str | None, bare: str) -> Response:
+        special = self._document(call.request, version, bare)
+        if special is not None:
+            return special
+        if call.match is None:
+            return self._not_found(version, bare)
+
+        for check in (
+            self._check_params,
+            self._check_compatibility_date,
+            self._check_fault,
+            self._check_auth,
+        ):
+            refusal = check(call)
+            if refusal is not None:
+                return refusal
+        response = self._replay(call)
+        if call.compatibility_date:
+            response.headers.append(("X-Compatibility-Date", call.compatibility_date))
+        return response
+
+    def _document(
+        self, request: Request, version: str | None, bare: str
+    ) -> Response | None:
+        """Spec and meta documents, or None for an ordinary route."""
+        if request.method != "GET":
+            return None
+        if version is not None and bare == "/swagger.json":
+            return json_bytes_response(200, self._documents.swagger(version))
+        if version is None and bare == "/meta/openapi.json":
+            return json_bytes_response(200, self._documents.openapi())
+        if version is None and bare == "/meta/compatibility-dates":
+            dates = sorted(self._state.switches.compatibility_dates, reverse=True)
+            return json_response(
+                200,
+                {"compatibility_dates": dates},
+                [("Cache-Control", "public, max-age=600")],
+            )
+        return None
+
+    def _not_found(self, version: str | None, bare: str) -> Response:
+        if self._table.path_exists(bare):
+            return error_response(405, "Method not allowed on this route")
+        if version is None:
+            return text_response(404, "404 page not found")
+        return error_response(404, "Not found")
+
+    def _check_params(self, call: _Call) -> Response | None:
+        assert call.match is not None
+        for name in call.match.operation.int_params:
+            if not call.match.path_params[name].isdigit():
+                return error_response(
+                    400,
+                    f"path parameter {name} must be an "
+                    f"integer, got {call.match.path_params[name]!r}",
+                )
+        page = call.request.query.get("page", "1")
+        if not page.isdigit() or int(page) < 1:
+            return error_response(400, f"page must be a positive integer, got {page!r}")
+        return None
+
+    def _check_compatibility_date(self, call: _Call) -> Response | None:
+        dates = sorted(self._state.switches.compatibility_dates)
+        asked = call.request.header("X-Compatibility-Date") or call.request.query.get(
+            "compatibility_date"
+        )
+        if asked is None:
+            call.compatibility_date = dates[0]
+            return None
+        today = self._state.clock.now().astimezone(dt.UTC).date().isoformat()
+        if not _DATE_RE.match(asked) or asked > today or asked < dates[0]:
+            return error_response(
+                400,
+                f"Invalid compatibility date {asked!r}: use "
+                f"a date from {dates[0]} up to today",
+            )
+        call.compatibility_date = max(d for d in dates if d <= asked)
+        return None
+
+    def _check_fault(self, call: _Call) -> Response | None:
+        fault = self._state.take_esi_fault(call.request.path)
+        if fault is None:
+            return None
+        headers = []
+        if fault.get("retry_after") is not None:
+            headers.append(("Retry-After", str(fault["retry_after"])))
+        return error_response(int(fault["status"]), "Injected fault", headers)
+
+    def _check_auth(self, call: _Call) -> Response | None:
+        assert call.match is not None
+        op = call.match.operation
+        if not op.authed:
+            return None
+        if call.claims is None:
+            return error_response(401, call.auth_problem)
+        if op.scope not in _scopes_of(call.claims):
+            return error_response(403, f"token not valid for scope(s): {op.scope}")
+        path_character = call.match.path_params.get("character_id")
+        if path_character is not None and int(path_character) != call.character_id:
+            return error_response(403, "token is not valid for this character")
+        return None
+
+    def _identify(self, call: _Call) -> None:
+        """Verify the access token, if any, and note whose it is."""
+        header = call.request.header("Authorization") or ""
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        token = token or call.request.query.get("token", "")
+        if not token:
+            call.auth_problem = "authentication required: no access token sent"
+            return
+
+        try:
+            call.claims = self._state.keys.verify(token)
+        except jwt.ExpiredSignatureError:
+            call.auth_problem = "token is expired"
+            return
+        except jwt.PyJWTError:
+            call.auth_problem = "authentication failure: token is invalid"
+            return
+        subject = str(call.claims.get("sub", ""))
+        call.character_id = (
+            int(subject.rsplit(":", 1)[-1]) if subject[-1:].isdigit() else None
+        )
+
+    def _replay(self, call: _Call) -> Response:
+        assert call.match is not None
+        op, request = call.match.operation, call.request
+        language: str | None = None
+        language_tag = "en"
+        if op.localized:
+            language_tag = (
+                request.query.get("language")
+                or _first_language(request.header("Accept-Language"))
+                or "en"
+            ).lower()
+            if language_tag not in LANGUAGES:
+                return error_response(
+                    400,
+                    f"Unsupported language {language_tag!r}; "
+                    f"use one of {', '.join(LANGUAGES)}",
+                )
+            language = normalize_language(language_tag)
+
+        found = self._library.find(op.operation_id, call.match.path_params, language)
+        if found is None:
+            return error_response(
+                404, "Not found: the emulator has no recording for this request"
+            )
+        snapshot, served = found
+        page = int(request.query.get("page", "1"))
+        recording = snapshot.pages.get(page)
+        if recording is None:
+            return error_response(404, "Requested page does not exist!")
+
+        if not 200 <= recording.status < 300:
+            return json_bytes_response(recording.status, recording.body)
+        lifetime = (
+            self._state.switches.cache_ttl_s
+            or snapshot.lifetime_s()
+            or op.cached_seconds
+            or DEFAULT_LIFETIME_S
+        )
+        key = (op.operation_id, tuple(sorted(call.match.path_params.items())), served)
+        now, start, end = self.generations.current(key, lifetime)
+
+        etag = make_etag(recording.headers.get("etag"), recording.body, start)
+        headers = cache_headers(now, start, end, etag, private=op.authed)
+        if op.paged:
+            headers.append(("X-Pages", str(snapshot.page_count)))
+        if op.localized:
+            headers.append(
+                ("Content-Language", language_tag if served == language else "en")
+            )
+        if request.method == "GET" and etag_matches(
+            request.header("If-None-Match"), etag
+        ):
+            return Response(304, headers, b"")
+        return json_bytes_response(recording.status, recording.body, headers)
+
+    # -- limits ------------------------------------------------------------
+
+    def _bucket(self, call: _Call) -> tuple[str, int, float] | None:
+        """(group, max tokens, window) when the operation is bucket-limited."""
+        if call.match is None:
+            return None
+        op = call.match.operation
+        if op.operation_id not in self._rate_limits:
+            self._rate_limits[op.operation_id] = self._rate_limit_of(op)
+        found = self._rate_limits[op.operation_id]
+        if found is None:
+            return None
+        group, limit = found
+        limit = self._state.switches.bucket_overrides.get(group, limit)
+        tokens, window_s = parse_limit(limit)
+        return group, tokens, window_s
+
+    def _rate_limit_of(self, op: Operation) -> tuple[str, str] | None:
+        recorded = self._library.rate_limit(op.operation_id)
+        if recorded is not None:
+            return recorded
+        if op.rate_limit is not None:
+            group, tokens, window_s = op.rate_limit
+            return group, f"{tokens}/{int(window_s // 60)}m"
+        return None
+
+    def _bucket_refusal(
+        self, call: _Call, bucket: tuple[str, int, float]
+    ) -> Response | None:
+        group, tokens, window_s = bucket
+        remaining, wait_s = self.buckets.check(
+            self._bucket_key(call, group), tokens, window_s
+        )
+        if not wait_s:
+            return None
+        headers = [("Retry-After", str(math.ceil(wait_s)))]
+        return error_response(429, "Too many requests: rate limit exceeded", headers)
+
+    def _limit_headers(
+        self,
+        call: _Call,
+        response: Response,
+        bucket: tuple[str, int, float] | None,
+        error_limited: bool,
+    ) -> None:
+        # ESI sends one header set or the other on a response, never both.
+        config = self._state.switches
+        if bucket is None or error_limited:
+            remain, reset_s = self.errors.state(
+                config.error_budget, config.error_window_s
+            )
+            response.headers.append(("X-Esi-Error-Limit-Remain", str(remain)))
+            response.headers.append(("X-Esi-Error-Limit-Reset", str(reset_s)))
+            return
+        group, tokens, window_s = bucket
+        cost, remaining = self.buckets.spend(
+            self._bucket_key(call, group), response.status, tokens, window_s
+        )
+        window = f"{int(window_s // 60)}m" if window_s >= 60 else f"{int(window_s)}s"
+        response.headers += [
+            ("X-Ratelimit-Group", group),
+            ("X-Ratelimit-Limit", f"{tokens}/{window}"),
+            ("X-Ratelimit-Remaining", str(remaining)),
+            ("X-Ratelimit-Used", str(cost)),
+        ]
+
+    def _bucket_key(self, call: _Call, group: str) -> tuple[str, str]:
+        if call.character_id is not None:
+            return group, f"character:{call.character_id}"
+        return group, f"ip:{call.request.client_ip}"
+
+
+def _scopes_of(claims: dict[str, Any]) -> set[str]:
+    scp = claims.get("scp")
+    if scp is None:
+        return set()
+    return set(scp.split()) if isinstance(scp, str) else set(scp)
+
+
+def _first_language(header: str | None) -> str | None:
+    if not header:
+        return None
+    first = header.split(",")[0].split(";")[0].strip()
+    return first or None

@@ -1,0 +1,351 @@
+"""Response caches for ESI answers: in-process LRU and Redis.
+
+An entry outlives its freshness so that a stale answer can still be
+revalidated with ``If-None-Match``; the caller decides freshness from
+:attr:`CachedResponse.expires_at`, the backend only enforces ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import redis
+
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "esi-worker:esi:"
+STALE_KEEP_S = 86400.0
+"""How long an entry with an ETag is kept past its expiry for revalidation."""
+
+KEPT_HEADERS = (
+    "Cache-Control",
+    "Content-Language",
+    "Content-Type",
+    "Date",
+    "ETag",
+    "Expires",
+    "Last-Modified",
+    "X-Compatibility-Date",
+    "X-Pages",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedResponse:
+    """One cached ESI answer: status, the headers worth keeping, body text."""
+
+    status: int
+    headers: dict[str, str]
+    body: str
+    expires_at: float
+    etag: str | None = None
+
+    def is_fresh(self, now: float) -> bool:
+        """Whether the entry may be served without asking ESI."""
+        return now < self.expires_at
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes held, for the memory cache's budget."""
+        head = sum(len(k) + len(v) for k, v in self.headers.items())
+        return len(self.body) + head + 64
+
+    def to_json(self) -> str:
+        """The entry as JSON text (never pickle: a shared cache is untrusted)."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CachedResponse:
+        """Rebuild an entry written by :meth:`to_json`.
+
+        :raises ValueError: when the text is not JSON.
+        :raises TypeError: when it is JSON but not such an entry.
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("cached entry is not a JSON object")
+        return cls(
+            status=int(data["status"]),
+            headers={str(k): str(v) for k, v in data["headers"].items()},
+            body=str(data["body"]),
+            expires_at=float(data["expires_at"]),
+            etag=data.get("etag"),
+        )
+
+
+class ResponseCache(Protocol):
+    """What the ESI client asks of a cache backend."""
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The entry under ``key``, or ``None``."""
+
+    def set(self, key: str, entry: CachedResponse, ttl_s: float) -> None:
+        """Keep ``entry`` under ``key`` for at most ``ttl_s`` seconds."""
+
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+
+
+class MemoryCache:
+    """A thread-safe in-process LRU, bounded by entries and by bytes."""
+
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        max_bytes: int = 256 * 1024 * 1024,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if max_entries < 1:
+            raise ConfigurationError(f"max_entries must be >= 1, got {max_entries}")
+        if max_bytes < 1:
+            raise ConfigurationError(f"max_bytes must be >= 1, got {max_bytes}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[CachedResponse, float]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The entry under ``key`` if it has not outlived its ``ttl_s``."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            if item[1] <= self._clock.time():
+                self._drop(key)
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def set(self, key: str, entry: CachedResponse, ttl_s: float) -> None:
+        """Keep ``entry``; the least recently used entries make room."""
+        if ttl_s <= 0 or entry.size > self.max_bytes:
+            self.delete(key)
+            return
+        with self._lock:
+            self._drop(key)
+            self._items[key] = (entry, self._clock.time() + ttl_s)
+            self._bytes += entry.size
+            self._evict()
+
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        with self._lock:
+            self._drop(key)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def bytes_used(self) -> int:
+        """Approximate bytes held by the entries."""
+        return self._bytes
+
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item[0].size
+
+    def _evict(self) -> None:
+        while self._items and (
+            len(self._items) > self.max_entries or self._bytes > self.max_bytes
+        ):
+            _key, (entry, _deadline) = self._items.popitem(last=False)
+            self._bytes -= entry.size
+
+
+class RedisCache:
+    """Entries in Redis as JSON text, expiring with Redis' own TTL.
+
+    The connection is opened on first use, so a Redis outage shows up as an
+    error of :meth:`get`/:meth:`set`, which the ESI client logs and skips.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = KEY_PREFIX,
+        timeout_s: float = 2.0,
+    ) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigurationError(
+                f"redis URL must start with redis://, rediss:// or unix://, "
+                f"got scheme {scheme!r}"
+            )
+        self._url = url
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._client: redis.Redis | None = None
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CachedResponse | None:
+        """The entry under ``key``, or ``None`` (also for an unreadable one)."""
+        raw = self._redis().get(self._prefix + key)
+        if raw is None:
+            return None
+        try:
+            return CachedResponse.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("dropping unreadable cache entry %r", key)
+            self.delete(key)
+            return None
+
+    def set(self, key: str, entry: CachedResponse, ttl_s: float) -> None:
+        """Store ``entry`` as JSON with a Redis expiry of ``ttl_s``."""
+        ttl_ms = int(ttl_s * 1000)
+        if ttl_ms <= 0:
+            self.delete(key)
+            return
+        self._redis().set(self._prefix + key, entry.to_json(), px=ttl_ms)
+
+    def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        self._redis().delete(self._prefix + key)
+
+    def close(self) -> None:
+        """Close the connection pool, if one was opened."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def __repr__(self) -> str:
+        return f"RedisCache(prefix={self._prefix!r})"
+
+    def _redis(self) -> redis.Redis:
+        with self._lock:
+            if self._client is None:
+                import redis
+
+                self._client = redis.Redis.from_url(
+                    self._url,
+                    socket_timeout=self._timeout_s,
+                    socket_connect_timeout=self._timeout_s,
+                )
+            return self._client
+
+
+_shared: dict[str | None, ResponseCache] = {}
+_shared_lock = threading.Lock()
+
+
+def cache_from_settings(settings: Settings) -> ResponseCache:
+    """The process-wide cache: Redis when ``redis_url`` is set, else memory.
+
+    :raises ConfigurationError: when ``redis_url`` is not a Redis URL.
+    """
+    url = settings.redis_url or None
+    with _shared_lock:
+        cache = _shared.get(url)
+        if cache is None:
+            cache = RedisCache(url) if url else MemoryCache()
+            _shared[url] = cache
+        return cache
+
+
+def cache_key(
+    method: str,
+    url: str,
+    query: Mapping[str, Any],
+    *,
+    body: bytes | str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    character_id: int | None = None,
+) -> str:
+    """A hash naming one request; the access token never takes part.
+
+    :param headers: the request headers that change the answer (language,
+        tenant, compatibility date).
+    :param character_id: the token's character on authed operations.
+    """
+    parts = {
+        "m": method.upper(),
+        "u": url.split("?", 1)[0],
+        "q": sorted((k, _text(v)) for k, v in query.items() if k != "token"),
+        "b": body.decode() if isinstance(body, bytes) else body,
+        "h": sorted((k.lower(), v) for k, v in headers),
+        "c": character_id,
+    }
+    blob = json.dumps(parts, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def freshness_s(headers: Mapping[str, str], now: dt.datetime) -> float | None:
+    """Seconds an answer stays fresh, or ``None`` when it must not be cached.
+
+    ``Cache-Control: max-age`` wins; else ``Expires`` counted from ``Date``
+    (from ``now`` without one), so a skewed local clock does not matter.
+    """
+    directives = _cache_control(headers.get("Cache-Control", ""))
+    if "no-store" in directives or "no-cache" in directives:
+        return None
+    if "max-age" in directives:
+        return _positive(directives["max-age"])
+
+    expires = _http_date(headers.get("Expires"))
+    if expires is None:
+        return None
+    served = _http_date(headers.get("Date")) or now
+    return _positive(str((expires - served).total_seconds()))
+
+
+def _cache_control(value: str) -> dict[str, str]:
+    directives = {}
+    for part in value.split(","):
+        name, _, arg = part.strip().partition("=")
+        if name:
+            directives[name.lower()] = arg.strip().strip('"')
+    return directives
+
+
+def _http_date(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed
+
+
+def _positive(value: str) -> float | None:
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)

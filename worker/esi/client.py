@@ -1,0 +1,255 @@
+"""The django-esi entry points: ``esi_client_factory`` and ``EsiClientProvider``.
+
+Every client made in a process shares the built spec of its source; what
+differs per client (token, tenant, User-Agent, cache) lives in its own
+:class:`~worker.esi.http.EsiHttpClient`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bravado.client import CallableOperation, SwaggerClient, construct_request
+from bravado.config import RequestConfig
+from bravado_core.spec import Spec
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ConfigurationError, ESIError
+from ..settings import Settings
+from .cache import ResponseCache, cache_from_settings
+from .futures import CachingHttpFuture
+from .http import EsiHttpClient
+from .operations import TokenLike
+from .spec import api_url, check_version, load_spec
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class EsiSwaggerClient(SwaggerClient):
+    """A bravado ``SwaggerClient`` on a shared spec with its own HTTP client.
+
+    :param resource_urls: per resource name, the URL prefix replacing the
+        spec's (a resource pinned to another route version).
+    """
+
+    def __init__(
+        self,
+        swagger_spec: Spec,
+        http_client: EsiHttpClient,
+        *,
+        also_return_response: bool = False,
+        resource_urls: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(swagger_spec, also_return_response=also_return_response)
+        self.http_client = http_client
+        self.also_return_response = also_return_response
+        self.resource_urls = resource_urls or {}
+
+    def _get_resource(self, item: str) -> EsiResource:
+        resource = self.swagger_spec.resources.get(item)
+        if resource is None:
+            raise AttributeError(
+                f"ESI has no resource {item!r}; known: "
+                f"{', '.join(sorted(self.swagger_spec.resources))}"
+            )
+        return EsiResource(resource, self, self.resource_urls.get(item))
+
+    def __repr__(self) -> str:
+        return f"EsiSwaggerClient({self.swagger_spec.api_url})"
+
+
+class EsiResource:
+    """One resource (``Market``, ``Assets``...) of an :class:`EsiSwaggerClient`."""
+
+    def __init__(self, resource: Any, client: EsiSwaggerClient, url: str | None):
+        self.resource = resource
+        self.client = client
+        self.url = url
+
+    def __getattr__(self, name: str) -> EsiOperation:
+        return EsiOperation(getattr(self.resource, name), self.client, self.url)
+
+    def __dir__(self) -> list[str]:
+        return list(self.resource.__dir__())
+
+
+class EsiOperation(CallableOperation):
+    """A callable operation that sends through its client's HTTP client."""
+
+    def __init__(self, operation: Any, client: EsiSwaggerClient, url: str | None):
+        super().__init__(operation, client.also_return_response)
+        self.client = client
+        self.url = url
+
+    def __call__(self, **op_kwargs: Any) -> CachingHttpFuture:
+        """Build the request and return its future; nothing is sent yet.
+
+        :raises ESIError: an access token was passed as ``token``.
+        """
+        if "token" in op_kwargs:
+            raise ESIError(
+                f"{self.operation.operation_id}: do not pass 'token'; give the "
+                "token to esi_client_factory(token=...) so it is sent as a header"
+            )
+        http = self.client.http_client
+        if "datasource" in self.operation.params:
+            op_kwargs.setdefault("datasource", http.datasource)
+        log.debug(
+            "%s(%s)",
+            self.operation.operation_id,
+            self._sanitize_kwargs_for_logging(op_kwargs),
+        )
+
+        options = op_kwargs.pop("_request_options", {})
+        config = RequestConfig(options, self.also_return_response)
+        params = construct_request(self.operation, options, **op_kwargs)
+        if self.url is not None:
+            params["url"] = self.url + params["url"][len(self._spec_url()) :]
+        return http.request(params, operation=self.operation, request_config=config)
+
+    def _spec_url(self) -> str:
+        return str(self.operation.swagger_spec.api_url).rstrip("/")
+
+
+def esi_client_factory(
+    token: TokenLike | None = None,
+    datasource: str | None = None,
+    spec_file: str | Path | None = None,
+    version: str | None = None,
+    app_info_text: str | None = None,
+    *,
+    settings: Settings | None = None,
+    cache: ResponseCache | None = None,
+    clock: Clock | None = None,
+    **resource_versions: str,
+) -> SwaggerClient:
+    """A bravado client for ESI, as django-esi's factory makes one.
+
+    :param token: sent on authenticated operations; any object with
+        ``character_id``, ``scopes`` and ``valid_access_token()``.
+    :param datasource: tenant; ``settings.esi_datasource`` when ``None``.
+    :param spec_file: a Swagger 2.0 JSON file; else ``settings.esi_spec_file``,
+        else the bundled spec.
+    :param version: route version of every resource (``latest`` by default).
+    :param app_info_text: put in front of the User-Agent.
+    :param settings: the current runtime's, else ``Settings.from_env()``.
+    :param cache: the current runtime's, else the process-wide one.
+    :param resource_versions: a route version per resource, e.g.
+        ``Character="v5"``.
+    :raises SpecError: the spec file cannot be read or built.
+    :raises ConfigurationError: a bad version or unknown resource name.
+    """
+    settings, cache, clock = _resolve(settings, cache, clock)
+    spec = load_spec(
+        settings.esi_base_url,
+        version=version,
+        spec_file=spec_file if spec_file is not None else settings.esi_spec_file,
+    )
+    http = EsiHttpClient(
+        settings,
+        token=token,
+        datasource=datasource,
+        app_info_text=app_info_text,
+        cache=cache,
+        clock=clock,
+    )
+    urls = _resource_urls(spec, settings.esi_base_url, resource_versions)
+    return EsiSwaggerClient(spec, http, resource_urls=urls)
+
+
+class EsiClientProvider:
+    """A lazily built, shared ESI client, as django-esi apps keep one.
+
+    Safe to create at import time: nothing is read or built until
+    :attr:`client` is first used, and then only once across threads.
+    """
+
+    def __init__(
+        self,
+        token: TokenLike | None = None,
+        datasource: str | None = None,
+        spec_file: str | Path | None = None,
+        version: str | None = None,
+        app_info_text: str | None = None,
+        *,
+        runtime: Runtime | None = None,
+        **resource_versions: str,
+    ) -> None:
+        self._token = token
+        self._datasource = datasource
+        self._spec_file = spec_file
+        self._version = version
+        self._app_info_text = app_info_text
+        self._runtime = runtime
+        self._resource_versions = resource_versions
+        self._client: SwaggerClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> SwaggerClient:
+        """The client, built on first use."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def __str__(self) -> str:
+        return "EsiClientProvider"
+
+    def __repr__(self) -> str:
+        return f"EsiClientProvider(built={self._client is not None})"
+
+    def _build(self) -> SwaggerClient:
+        options: dict[str, Any] = dict(self._resource_versions)
+        if self._runtime is not None:
+            rt = self._runtime
+            options.update(settings=rt.settings, cache=rt.cache, clock=rt.clock)
+        log.debug("building the shared ESI client")
+        return esi_client_factory(
+            self._token,
+            self._datasource,
+            self._spec_file,
+            self._version,
+            self._app_info_text,
+            **options,
+        )
+
+
+def _resolve(
+    settings: Settings | None, cache: ResponseCache | None, clock: Clock | None
+) -> tuple[Settings, ResponseCache, Clock]:
+    from ..runtime import current_or_none
+
+    runtime = current_or_none()
+    if settings is None:
+        settings = runtime.settings if runtime is not None else Settings.from_env()
+    if cache is None:
+        same = runtime is not None and runtime.settings is settings
+        cache = runtime.cache if same and runtime else cache_from_settings(settings)
+    if clock is None:
+        clock = runtime.clock if runtime is not None else SYSTEM_CLOCK
+    return settings, cache, clock
+
+
+def _resource_urls(
+    spec: Spec, base_url: str, resource_versions: dict[str, str]
+) -> dict[str, str]:
+    urls = {}
+    for resource, version in resource_versions.items():
+        if resource not in spec.resources:
+            raise ConfigurationError(
+                f"unknown ESI resource {resource!r} given a version; known: "
+                f"{', '.join(sorted(spec.resources))}"
+            )
+        check_version(version, f"version of {resource}")
+        urls[resource] = api_url(base_url, version)
+    return urls

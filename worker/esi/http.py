@@ -1,0 +1,229 @@
+"""The HTTP side of the ESI client: headers, the access token, retries.
+
+The ``Authorization`` header is added to the prepared request at send
+time, so it never passes through bravado's request logging, a URL, a cache
+key or an exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import requests
+from bravado.config import RequestConfig
+from bravado.requests_client import RequestsClient
+from bravado_core.operation import Operation
+from requests.adapters import HTTPAdapter
+
+from .. import metrics
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ConfigurationError, ESITransientError
+from .cache import ResponseCache
+from .futures import CachingHttpFuture
+from .operations import TokenLike, needs_token, operation_name
+from .response import EsiResponse
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout)
+MAX_BACKOFF_S = 10.0
+DEFAULT_BACKOFF_S = 1.0
+_MISC_OPTIONS = ("timeout", "connect_timeout", "follow_redirects")
+
+
+class EsiHttpClient(RequestsClient):
+    """Sends ESI requests for one client: its token, tenant and User-Agent.
+
+    :param settings: where ESI is, the User-Agent, timeouts and retries.
+    :param token: any object with ``character_id``, ``scopes`` and
+        ``valid_access_token()``; used on authenticated operations only.
+    :param datasource: the tenant (``X-Tenant``); ``settings.esi_datasource``
+        when ``None``.
+    :param app_info_text: put in front of the User-Agent.
+    :param cache: where answers are cached; ``None`` caches nothing.
+    :param clock: for cache lifetimes and retry backoff.
+    :raises ConfigurationError: ``app_info_text`` would break the header.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        token: TokenLike | None = None,
+        datasource: str | None = None,
+        app_info_text: str | None = None,
+        cache: ResponseCache | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.token = token
+        self.datasource = datasource or settings.esi_datasource
+        self.user_agent = _user_agent(settings, app_info_text)
+        self.cache = cache
+        self.clock = clock
+        self.backoff_s = float(
+            getattr(settings, "esi_retry_backoff_s", DEFAULT_BACKOFF_S)
+        )
+        self._configure_session()
+
+    def request(
+        self,
+        request_params: MutableMapping[str, Any],
+        operation: Operation | None = None,
+        request_config: RequestConfig | None = None,
+    ) -> CachingHttpFuture:
+        """A future for the request; nothing is sent until it is asked."""
+        params = dict(request_params)
+        params["params"] = dict(params.get("params") or {})
+        params["headers"] = dict(params.get("headers") or {})
+        return CachingHttpFuture(self, params, operation, request_config)
+
+    def send(
+        self,
+        request_params: dict[str, Any],
+        operation: Operation | None,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> EsiResponse:
+        """Send one request, retrying transient failures with backoff.
+
+        :returns: the answer, whatever its status (except 502/503/504).
+        :raises ESITransientError: 502/503/504 or connection errors outlasted
+            ``retries`` (``settings.esi_retries`` when ``None``).
+        :raises TokenError: the token could not give a valid access token.
+        """
+        retries = self.settings.esi_retries if retries is None else retries
+        name = operation_name(operation)
+        attempt = 0
+        while True:
+            try:
+                response = self._send_once(request_params, operation, timeout_s)
+            except TRANSIENT_EXCEPTIONS as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                status = None
+            else:
+                if response.status_code not in TRANSIENT_STATUSES:
+                    return response
+                failure = f"status {response.status_code}"
+                status = response.status_code
+
+            if attempt >= retries:
+                raise ESITransientError(
+                    f"{name} failed after {attempt + 1} attempts; last: {failure}",
+                    status=status,
+                    operation=name,
+                )
+            self._back_off(name, attempt, failure)
+            attempt += 1
+
+    def headers_for(self, operation: Operation | None) -> dict[str, str]:
+        """The headers every request of ``operation`` carries (no secrets)."""
+        return {
+            "User-Agent": self.user_agent,
+            "X-Compatibility-Date": self.settings.esi_compatibility_date,
+            "X-Tenant": self.datasource,
+            "Accept": "application/json",
+        }
+
+    def __repr__(self) -> str:
+        who = getattr(self.token, "character_id", None)
+        return f"EsiHttpClient(character_id={who!r}, datasource={self.datasource!r})"
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def _configure_session(self) -> None:
+        # No proxies or ~/.netrc from the environment: a netrc entry would
+        # otherwise add its own Authorization header to public calls.
+        self.session.trust_env = False
+        size = max(10, self.settings.esi_page_concurrency)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def _send_once(
+        self,
+        request_params: dict[str, Any],
+        operation: Operation | None,
+        timeout_s: float | None,
+    ) -> EsiResponse:
+        prepared = self._prepare(request_params, operation)
+        timeout = self._timeout(request_params, timeout_s)
+        name = operation_name(operation)
+
+        started = time.perf_counter()
+        try:
+            raw = self.session.send(prepared, timeout=timeout, allow_redirects=False)
+        except TRANSIENT_EXCEPTIONS as exc:
+            metrics.ESI_REQUESTS.labels(name, type(exc).__name__).inc()
+            raise
+        with raw:
+            response = EsiResponse.from_requests(raw)
+
+        metrics.ESI_REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+        metrics.ESI_REQUESTS.labels(name, str(response.status_code)).inc()
+        log.debug(
+            "ESI %s %s answered %d",
+            name,
+            prepared.path_url.split("?", 1)[0],
+            response.status_code,
+            extra={"operation": name, "status": response.status_code},
+        )
+        return response
+
+    def _prepare(
+        self, request_params: dict[str, Any], operation: Operation | None
+    ) -> requests.PreparedRequest:
+        params = {k: v for k, v in request_params.items() if k not in _MISC_OPTIONS}
+        params["headers"] = {**self.headers_for(operation), **params["headers"]}
+        params["params"] = {k: v for k, v in params["params"].items() if k != "token"}
+        prepared = self.session.prepare_request(requests.Request(**params))
+
+        if needs_token(operation) and self.token is not None:
+            access_token = self.token.valid_access_token()
+            prepared.headers["Authorization"] = f"Bearer {access_token}"
+        return prepared
+
+    def _timeout(
+        self, request_params: dict[str, Any], timeout_s: float | None
+    ) -> float | tuple[float, float]:
+        timeout = (
+            timeout_s or request_params.get("timeout") or self.settings.esi_timeout_s
+        )
+        connect = request_params.get("connect_timeout")
+        return (connect, timeout) if connect else timeout
+
+    def _back_off(self, name: str, attempt: int, failure: str) -> None:
+        delay = min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
+        metrics.ESI_RETRIES.labels(name).inc()
+        log.warning(
+            "ESI %s failed (%s); retry %d in %.2f s",
+            name,
+            failure,
+            attempt + 1,
+            delay,
+            extra={"operation": name},
+        )
+        self.clock.sleep(delay)
+
+
+def _user_agent(settings: Settings, app_info_text: str | None) -> str:
+    if not app_info_text:
+        return settings.user_agent
+    if any(ch in app_info_text for ch in "\r\n\0"):
+        raise ConfigurationError(
+            "app_info_text must be one line of text (it goes into User-Agent)"
+        )
+    return f"{app_info_text.strip()} {settings.user_agent}"

@@ -1,0 +1,109 @@
+"""What an ESI operation asks of a call: scopes, languages, paging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from bravado_core.operation import Operation
+
+from ..errors import InvalidLanguageError, ScopeMissingError
+
+LANGUAGE_PARAMS = ("language", "Accept_Language")
+
+
+class TokenLike(Protocol):
+    """The members of a token the ESI client uses."""
+
+    character_id: int
+
+    @property
+    def scopes(self) -> Sequence[str]: ...
+
+    def valid_access_token(self) -> str: ...
+
+
+def operation_name(operation: Operation | None) -> str:
+    """The operation id, used in logs, errors and metric labels."""
+    return operation.operation_id if operation is not None else "unknown"
+
+
+def required_scopes(operation: Operation) -> list[tuple[str, ...]]:
+    """The alternatives of scope sets the operation accepts; empty if public."""
+    security = operation.op_spec.get("security")
+    if security is None:
+        security = operation.swagger_spec.spec_dict.get("security", [])
+    return [tuple(s for scopes in req.values() for s in scopes) for req in security]
+
+
+def needs_token(operation: Operation | None) -> bool:
+    """Whether the operation is authenticated."""
+    return operation is not None and bool(required_scopes(operation))
+
+
+def check_token(operation: Operation, token: TokenLike | None) -> None:
+    """Fail before any request when ``token`` cannot call ``operation``.
+
+    :raises ScopeMissingError: no token, or none of the accepted scope sets
+        is held by the token.
+    """
+    alternatives = required_scopes(operation)
+    if not alternatives:
+        return
+    name = operation.operation_id
+    wanted = " ".join(alternatives[0])
+    if token is None:
+        raise ScopeMissingError(
+            f"{name} needs a token with scope {wanted}; "
+            "the client was built without a token",
+            operation=name,
+            scope=wanted,
+        )
+
+    held = set(token.scopes)
+    if not any(held.issuperset(scopes) for scopes in alternatives):
+        raise ScopeMissingError(
+            f"{name} needs scope {wanted}, which the token of character "
+            f"{token.character_id} does not hold",
+            operation=name,
+            scope=wanted,
+            character_id=token.character_id,
+        )
+
+
+def allowed_languages(operation: Operation) -> tuple[str, ...]:
+    """The languages the operation's ``language`` parameter allows."""
+    for param_name in LANGUAGE_PARAMS:
+        param = operation.params.get(param_name)
+        if param is not None:
+            spec = operation.swagger_spec.deref(param.param_spec)
+            return tuple(spec.get("enum", ()))
+    return ()
+
+
+def check_languages(operation: Operation, languages: Iterable[str]) -> list[str]:
+    """``languages`` without duplicates, each one checked.
+
+    :raises InvalidLanguageError: the operation is not localized, or a
+        language is not one it allows (naming both).
+    """
+    allowed = allowed_languages(operation)
+    if not allowed:
+        raise InvalidLanguageError(
+            f"{operation.operation_id} is not localized; it takes no language"
+        )
+    checked: list[str] = []
+    for language in languages:
+        if language not in allowed:
+            raise InvalidLanguageError(
+                f"language {language!r} is not served by {operation.operation_id}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        if language not in checked:
+            checked.append(language)
+    return checked
+
+
+def is_paged(operation: Operation | None) -> bool:
+    """Whether the operation takes a ``page`` parameter."""
+    return operation is not None and "page" in operation.params

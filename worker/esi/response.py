@@ -1,0 +1,174 @@
+"""ESI answers: the response object callers see, decoding and error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from bravado_core.exception import MatchingResponseNotFound
+from bravado_core.operation import Operation
+from bravado_core.response import IncomingResponse, get_response_spec
+from bravado_core.unmarshal import unmarshal_schema_object
+from requests.structures import CaseInsensitiveDict
+
+from ..errors import ErrorLimitedError, ESIError, HTTPError, RateLimitedError
+from .cache import CachedResponse
+from .operations import operation_name
+
+log = logging.getLogger(__name__)
+
+_BODY_IN_MESSAGE = 200
+
+
+class EsiResponse(IncomingResponse):
+    """One ESI answer, from the network or from the cache.
+
+    ``from_cache`` is true when no request was sent; ``not_modified`` when
+    ESI answered 304 and the cached body stands in for the empty one.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: Mapping[str, str],
+        raw_bytes: bytes,
+        *,
+        reason: str = "",
+        from_cache: bool = False,
+        not_modified: bool = False,
+    ) -> None:
+        self.status_code = status_code
+        self.headers = CaseInsensitiveDict(headers)
+        self.raw_bytes = raw_bytes
+        self.reason = reason
+        self.from_cache = from_cache
+        self.not_modified = not_modified
+        self.swagger_result: Any = None
+
+    @classmethod
+    def from_requests(cls, response: requests.Response) -> EsiResponse:
+        """Copy what we need out of a requests response."""
+        return cls(
+            response.status_code,
+            dict(response.headers),
+            response.content,
+            reason=response.reason or "",
+        )
+
+    @classmethod
+    def from_cached(
+        cls, entry: CachedResponse, *, not_modified: bool = False
+    ) -> EsiResponse:
+        """A response replaying a cache entry."""
+        return cls(
+            entry.status,
+            entry.headers,
+            entry.body.encode("utf-8"),
+            reason="OK",
+            from_cache=not not_modified,
+            not_modified=not_modified,
+        )
+
+    @property
+    def text(self) -> str:  # type: ignore[override]
+        return self.raw_bytes.decode("utf-8", errors="replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.raw_bytes, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"EsiResponse(status={self.status_code}, from_cache={self.from_cache}, "
+            f"not_modified={self.not_modified})"
+        )
+
+
+def decode(response: EsiResponse, operation: Operation | None) -> Any:
+    """The response body as the operation's schema describes it.
+
+    :raises ESIError: the body is not the JSON the operation promises.
+    """
+    if operation is None:
+        return response.json() if response.raw_bytes else None
+    schema = _schema(response, operation)
+    if schema is None:
+        return None
+
+    try:
+        value = response.json()
+    except ValueError:
+        raise ESIError(
+            f"ESI answered {response.status_code} to {operation.operation_id} "
+            f"with a body that is not JSON (Content-Type "
+            f"{response.headers.get('Content-Type', 'missing')!r}): "
+            f"{_clip(response.text)!r}"
+        ) from None
+
+    try:
+        return unmarshal_schema_object(operation.swagger_spec, schema, value)
+    except Exception as exc:  # bravado-core's format converters raise freely
+        raise ESIError(
+            f"the answer of ESI to {operation.operation_id} does not fit its "
+            f"schema: {type(exc).__name__}: {_clip(str(exc))}"
+        ) from exc
+
+
+def error_for(response: EsiResponse, operation: Operation | None) -> HTTPError:
+    """The error a non-2xx answer becomes (420, 429 and the rest)."""
+    name = operation_name(operation)
+    status = response.status_code
+    body = _error_body(response)
+    headers = dict(response.headers)
+    message = f"ESI answered {status} to {name}: {_clip(str(body))}"
+
+    if status == 420:
+        reset = _seconds(response.headers.get("X-ESI-Error-Limit-Reset"))
+        return ErrorLimitedError(
+            message, reset_s=reset, operation=name, body=body, headers=headers
+        )
+    if status == 429:
+        return RateLimitedError(
+            message,
+            retry_after_s=_seconds(response.headers.get("Retry-After")),
+            group=response.headers.get("X-Ratelimit-Group"),
+            operation=name,
+            body=body,
+            headers=headers,
+        )
+    return HTTPError(message, status=status, operation=name, body=body, headers=headers)
+
+
+def _schema(response: EsiResponse, operation: Operation) -> Any:
+    try:
+        spec = get_response_spec(response.status_code, operation)
+    except MatchingResponseNotFound:
+        return None
+    if "schema" not in spec:
+        return None
+    return operation.swagger_spec.deref(spec["schema"])
+
+
+def _error_body(response: EsiResponse) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return _clip(response.text)
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _clip(text: str) -> str:
+    if len(text) <= _BODY_IN_MESSAGE:
+        return text
+    return text[:_BODY_IN_MESSAGE] + "..."

@@ -1,0 +1,175 @@
+"""Process roles: everything in one process (``run``), or worker and scheduler apart."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import dramatiq
+
+from . import demo
+from .actors import Actors, declare_actors
+from .broker import broker_from_settings
+from .db import migrate, resolve_database_url
+from .errors import ConfigurationError
+from .jobs import Job, JobRegistry
+from .metrics import start_metrics_server
+from .runtime import Runtime
+from .scheduler import JobScheduler
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    settings: Settings,
+    *,
+    emulator: bool = False,
+    emulator_port: int = 0,
+    duration_s: float | None = None,
+) -> None:
+    """Scheduler and workers in one process, until a signal or ``duration_s``.
+
+    :raises ConfigurationError: without SSO credentials and without ``emulator``.
+    """
+    with ExitStack() as stack:
+        if emulator:
+            emu = demo.start_emulator(emulator_port)
+            stack.callback(emu.stop)
+            settings = demo.demo_settings(settings, emu)
+        require_sso_credentials(settings)
+
+        runtime = stack.enter_context(open_runtime(settings, migrate_schema=True))
+        if emulator:
+            demo.seed_tokens(runtime, emu)
+        serve_metrics(settings)
+
+        jobs, registry = load_jobs(settings)
+        broker = broker_from_settings(settings)
+        actors = declare_actors(broker, registry)
+        stack.enter_context(running_worker(broker, settings))
+        stack.enter_context(running_scheduler(runtime, jobs, actors))
+        log.info("esi-worker is running; press Ctrl-C to stop")
+        wait_for_stop(duration_s)
+
+
+def run_worker(settings: Settings) -> None:
+    """A worker process of a multi-process deployment (Procfile ``worker``)."""
+    require_shared_services(settings, "worker")
+    with open_runtime(settings) as runtime:  # noqa: F841 - made current inside
+        serve_metrics(settings)
+        _jobs, registry = load_jobs(settings)
+        broker = broker_from_settings(settings)
+        declare_actors(broker, registry)
+        with running_worker(broker, settings):
+            wait_for_stop(None)
+
+
+def run_scheduler(settings: Settings) -> None:
+    """The scheduler process of a multi-process deployment (Procfile ``scheduler``)."""
+    require_shared_services(settings, "scheduler")
+    with open_runtime(settings) as runtime:
+        serve_metrics(settings)
+        jobs, registry = load_jobs(settings)
+        actors = declare_actors(broker_from_settings(settings), registry)
+        with running_scheduler(runtime, jobs, actors):
+            wait_for_stop(None)
+
+
+def require_sso_credentials(settings: Settings) -> None:
+    """Refuse to start without SSO credentials; never fall back to a fake."""
+    if not settings.has_sso_credentials:
+        raise ConfigurationError(
+            "no SSO application configured: set ESI_WORKER_SSO_CLIENT_ID and "
+            "ESI_WORKER_SSO_CLIENT_SECRET (from developers.eveonline.com), and "
+            "ESI_WORKER_CONTACT_EMAIL for the User-Agent; or try the worker "
+            "against the bundled emulator with 'esi-worker run --emulator'"
+        )
+
+
+def require_shared_services(settings: Settings, role: str) -> None:
+    """Separate processes must share a database and a broker."""
+    missing = [
+        name
+        for name, value in (
+            ("ESI_WORKER_DATABASE_URL", settings.database_url),
+            ("ESI_WORKER_BROKER_URL", settings.broker_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"the {role} process needs {' and '.join(missing)}; "
+            "to run everything in one process use 'esi-worker run'"
+        )
+    require_sso_credentials(settings)
+
+
+@contextmanager
+def open_runtime(settings: Settings, *, migrate_schema: bool = False) -> Iterator[Runtime]:
+    """A runtime on the configured (or embedded) database, made current."""
+    url = resolve_database_url(settings)
+    settings = settings.replace(database_url=url)
+    if migrate_schema:
+        migrate(url)
+    runtime = Runtime.from_settings(settings)
+    try:
+        with runtime.activated():
+            yield runtime
+    finally:
+        runtime.close()
+
+
+def load_jobs(settings: Settings) -> tuple[dict[str, Job], JobRegistry]:
+    """Every job plugin that loads and is not disabled; broken ones are logged."""
+    registry = JobRegistry()
+    jobs, failures = registry.load_all()
+    for name, reason in failures.items():
+        log.error("job %r is not scheduled: %s", name, reason, extra={"job": name})
+    enabled = {n: j for n, j in jobs.items() if n not in settings.disabled_jobs}
+    return enabled, registry
+
+
+def serve_metrics(settings: Settings) -> None:
+    if settings.metrics_port:
+        start_metrics_server(settings.metrics_host, settings.metrics_port)
+
+
+@contextmanager
+def running_worker(broker: dramatiq.Broker, settings: Settings) -> Iterator[dramatiq.Worker]:
+    worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads)
+    worker.start()
+    log.info("worker started with %d threads", settings.worker_threads)
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=10_000)
+        log.info("worker stopped")
+
+
+@contextmanager
+def running_scheduler(
+    runtime: Runtime, jobs: dict[str, Job], actors: Actors
+) -> Iterator[JobScheduler]:
+    scheduler = JobScheduler(runtime, jobs, actors)
+    scheduler.start()
+    try:
+        yield scheduler
+    finally:
+        scheduler.shutdown()
+
+
+def wait_for_stop(duration_s: float | None) -> None:
+    """Block until SIGINT/SIGTERM, or until ``duration_s`` has passed."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    stop.wait(duration_s)

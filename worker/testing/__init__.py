@@ -1,0 +1,1 @@
+"""Test support for esi-worker and its plugin authors (a pytest plugin)."""

@@ -1,0 +1,148 @@
+"""Pytest fixtures: a migrated PostgreSQL database, the emulator, settings, a runtime.
+
+Installed with esi-worker through the ``pytest11`` entry point, so plugin
+authors get the same fixtures the project tests itself with. Heavy imports
+happen inside the fixtures, never when pytest loads the plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from worker.emulator import Emulator
+    from worker.runtime import Runtime
+    from worker.settings import Settings
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+TABLES = (
+    "esi_token_scope",
+    "esi_token",
+    "esi_scope",
+    "esi_pending_login",
+    "esi_job_run",
+    "esi_market_order",
+    "esi_type_name",
+    "esi_character_asset",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("esi-worker")
+    group.addoption(
+        "--esi-worker-db",
+        default=DEFAULT_ADMIN_URL,
+        help="PostgreSQL URL of a server where test databases may be created "
+        f"(default {DEFAULT_ADMIN_URL})",
+    )
+
+
+@pytest.fixture(scope="session")
+def database_url(pytestconfig: pytest.Config) -> Iterator[str]:
+    """A fresh database migrated to head, dropped after the session."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from worker.db import migrate
+
+    admin_url = pytestconfig.getoption("--esi-worker-db")
+    name = f"esi_worker_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": name})
+    migrate(url)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def db_pool(database_url: str) -> Iterator[ConnectionPool]:
+    """A connection pool on the test database."""
+    from worker.db import create_pool
+
+    pool = create_pool(database_url, max_size=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def clean_db(db_pool: ConnectionPool) -> ConnectionPool:
+    """The pool, with every esi-worker table emptied before the test."""
+    with db_pool.connection() as conn:
+        existing = {
+            row[0]
+            for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+        tables = [t for t in TABLES if t in existing]
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    return db_pool
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[Emulator]:
+    """One emulator for the session, on a free port of 127.0.0.1."""
+    from worker.emulator import Emulator, EmulatorConfig
+
+    emu = Emulator(EmulatorConfig())
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emulator(emulator_session: Emulator) -> Emulator:
+    """The session's emulator, reset to its defaults for this test."""
+    emulator_session.reset()
+    return emulator_session
+
+
+@pytest.fixture
+def esi_settings_overrides() -> dict[str, Any]:
+    """Override to change settings for the tests of one module."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    database_url: str,
+    emulator: Emulator,
+    tmp_path: Any,
+    esi_settings_overrides: dict[str, Any],
+) -> Settings:
+    """Settings pointing at the test database and the emulator."""
+    from worker.settings import Settings
+
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "data_dir": tmp_path / "data",
+        "sso_base_url": emulator.base_url,
+        "esi_base_url": emulator.base_url,
+        "sso_client_id": emulator.client_id,
+        "sso_client_secret": emulator.client_secret,
+        "metrics_port": 0,
+        "contact_email": "tests@example.invalid",
+    }
+    values.update(esi_settings_overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def runtime(settings: Settings, clean_db: ConnectionPool) -> Iterator[Runtime]:
+    """A runtime on the test settings, made current for the test."""
+    from worker.runtime import Runtime
+
+    rt = Runtime.from_settings(settings, pool=clean_db)
+    with rt.activated():
+        yield rt
+    rt.close()
