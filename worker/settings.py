@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     esi_spec_file: Path | None = None
     esi_timeout_s: float = Field(default=30.0, gt=0)
     esi_retries: int = Field(default=3, ge=0)
+    esi_retry_backoff_s: float = Field(default=1.0, ge=0)
     esi_page_concurrency: int = Field(default=8, ge=1)
     app_name: str = "esi-worker"
     app_version: str = ""

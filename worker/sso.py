@@ -47,8 +47,11 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 ACCEPTED_ISSUERS = frozenset(
-    {"login.eveonline.com", "https://login.eveonline.com",
-     "https://login.eveonline.com/"}
+    {
+        "login.eveonline.com",
+        "https://login.eveonline.com",
+        "https://login.eveonline.com/",
+    }
 )
 EVE_AUDIENCE = "EVE Online"
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
@@ -137,7 +140,8 @@ def classify_token_error(
     status = response.status_code
     if status == 429:
         return SSOTransientError(
-            "SSO throttled the request (429)", status=status,
+            "SSO throttled the request (429)",
+            status=status,
             retry_after_s=_retry_after_s(response, clock),
         )
     if status >= 500:
@@ -145,24 +149,31 @@ def classify_token_error(
 
     body = _json_object(response)
     if body is None:
-        return SSOTransientError(f"SSO answered {status} without a JSON object",
-                                 status=status)
+        return SSOTransientError(
+            f"SSO answered {status} without a JSON object", status=status
+        )
     error = _error_code(body.get("error"))
     if error in _GRANT_ERRORS:
-        return SSOGrantError(f"SSO rejected the grant ({error})",
-                             status=status, error=error)
+        return SSOGrantError(
+            f"SSO rejected the grant ({error})", status=status, error=error
+        )
     if error in _CLIENT_ERRORS:
         return SSOConfigurationError(
             f"SSO rejected the client credentials ({error}); check "
             "ESI_WORKER_SSO_CLIENT_ID and ESI_WORKER_SSO_CLIENT_SECRET",
-            status=status, error=error,
+            status=status,
+            error=error,
         )
     if error is not None or status != 200:
-        return SSOTransientError(f"SSO answered {status} ({error or 'no error code'})",
-                                 status=status, error=error)
+        return SSOTransientError(
+            f"SSO answered {status} ({error or 'no error code'})",
+            status=status,
+            error=error,
+        )
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
-        return SSOTransientError("SSO answered 200 without an access token",
-                                 status=status)
+        return SSOTransientError(
+            "SSO answered 200 without an access token", status=status
+        )
     return None
 
 
@@ -244,11 +255,14 @@ class SSOClient:
         self._clock = clock
         self._base_url = settings.sso_base_url
         self._timeout_s = settings.sso_timeout_s
-        self._adapter = HTTPAdapter(pool_maxsize=max(10, 2 * settings.refresh_parallelism))
+        self._adapter = HTTPAdapter(
+            pool_maxsize=max(10, 2 * settings.refresh_parallelism)
+        )
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
-        self.keys = KeySet(self._fetch_jwks, max_age_s=settings.jwks_max_age_s,
-                           clock=clock)
+        self.keys = KeySet(
+            self._fetch_jwks, max_age_s=settings.jwks_max_age_s, clock=clock
+        )
         _allow_loopback_http(self._base_url)
 
     def __repr__(self) -> str:
@@ -290,7 +304,9 @@ class SSOClient:
         url = f"{self.endpoints.authorize}?{urlencode(params)}"
         return LoginRequest(url=url, state=state, code_verifier=verifier)
 
-    def exchange_code(self, code: str, *, code_verifier: str | None = None) -> TokenGrant:
+    def exchange_code(
+        self, code: str, *, code_verifier: str | None = None
+    ) -> TokenGrant:
         """Trade an authorization code for a verified grant.
 
         :raises SSOGrantError: the code is invalid, used or expired.
@@ -303,10 +319,16 @@ class SSOClient:
         session = self._session()
         extra = {"code_verifier": code_verifier} if code_verifier else {}
         auth = self._basic_auth()
-        body = self._call(lambda: session.fetch_token(
-            self.endpoints.token, code=code, auth=auth,
-            include_client_id=auth is None, timeout=self._timeout_s, **extra,
-        ))
+        body = self._call(
+            lambda: session.fetch_token(
+                self.endpoints.token,
+                code=code,
+                auth=auth,
+                include_client_id=auth is None,
+                timeout=self._timeout_s,
+                **extra,
+            )
+        )
         return self._grant(body, previous_refresh_token=None)
 
     def refresh(
@@ -330,10 +352,15 @@ class SSOClient:
         session = self._prepare(session) if session is not None else self._session()
         auth = auth if auth is not None else self._basic_auth()
         extra = {} if auth is not None else {"client_id": self._require_client_id()}
-        body = self._call(lambda: session.refresh_token(
-            self.endpoints.token, refresh_token=refresh_token, auth=auth,
-            timeout=self._timeout_s, **extra,
-        ))
+        body = self._call(
+            lambda: session.refresh_token(
+                self.endpoints.token,
+                refresh_token=refresh_token,
+                auth=auth,
+                timeout=self._timeout_s,
+                **extra,
+            )
+        )
         return self._grant(body, previous_refresh_token=refresh_token)
 
     def revoke(self, refresh_token: str) -> None:
@@ -347,8 +374,9 @@ class SSOClient:
         if auth is None:
             data["client_id"] = self._require_client_id()
         try:
-            response = self._http().post(self.endpoints.revoke, data=data, auth=auth,
-                                         timeout=self._timeout_s)
+            response = self._http().post(
+                self.endpoints.revoke, data=data, auth=auth, timeout=self._timeout_s
+            )
         except requests.RequestException as exc:
             raise classify_token_error(exc=exc) from exc  # type: ignore[misc]
         if not 200 <= response.status_code < 300:
@@ -370,7 +398,9 @@ class SSOClient:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise JWTValidationError("the access token is not a well-formed JWT") from None
+            raise JWTValidationError(
+                "the access token is not a well-formed JWT"
+            ) from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in SUPPORTED_ALGORITHMS:
             raise JWTValidationError(f"algorithm {alg!r} is not accepted")
@@ -466,8 +496,10 @@ class SSOClient:
             response.raise_for_status()
             document = response.json()
         except (requests.RequestException, ValueError) as exc:
-            log.warning("SSO discovery failed (%s); using the documented paths",
-                        type(exc).__name__)
+            log.warning(
+                "SSO discovery failed (%s); using the documented paths",
+                type(exc).__name__,
+            )
             return defaults
         if not isinstance(document, dict):
             return defaults
@@ -551,8 +583,13 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
 def _decode(token: str, key: Any, alg: str) -> dict[str, Any]:
     # Time claims are checked against the injected clock in _claims_from, and
     # aud in _check_claims (PyJWT would accept either audience alone).
-    options = {"verify_exp": False, "verify_iat": False, "verify_nbf": False,
-               "verify_aud": False, "verify_iss": False}
+    options = {
+        "verify_exp": False,
+        "verify_iat": False,
+        "verify_nbf": False,
+        "verify_aud": False,
+        "verify_iss": False,
+    }
     try:
         return jwt.decode(token, key, algorithms=[alg], options=options)  # type: ignore[arg-type]
     except jwt.InvalidSignatureError:
@@ -581,7 +618,9 @@ def _claims_from(
 ) -> AccessTokenClaims:
     expires_at = dt.datetime.fromtimestamp(claims["exp"], dt.UTC)
     if not allow_expired and clock.time() > claims["exp"] + CLOCK_LEEWAY_S:
-        raise JWTValidationError(f"the access token expired at {expires_at.isoformat()}")
+        raise JWTValidationError(
+            f"the access token expired at {expires_at.isoformat()}"
+        )
     token_type, character_id = _subject(claims.get("sub"))
     name, owner = claims.get("name"), claims.get("owner")
     if not isinstance(name, str) or not isinstance(owner, str) or not owner:
@@ -596,7 +635,8 @@ def _claims_from(
         expires_at=expires_at,
         token_type=token_type,
         issued_at=dt.datetime.fromtimestamp(iat, dt.UTC)
-        if isinstance(iat, (int, float)) else None,
+        if isinstance(iat, (int, float))
+        else None,
     )
 
 
@@ -604,7 +644,9 @@ def _subject(sub: Any) -> tuple[str, int]:
     """``CHARACTER:EVE:<id>`` -> ("character", id)."""
     parts = sub.split(":") if isinstance(sub, str) else []
     if len(parts) != 3 or parts[1] != "EVE" or not parts[2].isdigit():
-        raise JWTValidationError(f"subject {sub!r} is not of the form CHARACTER:EVE:<id>")
+        raise JWTValidationError(
+            f"subject {sub!r} is not of the form CHARACTER:EVE:<id>"
+        )
     return parts[0].lower(), int(parts[2])
 
 

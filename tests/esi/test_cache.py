@@ -33,6 +33,16 @@ def max_age_s(response) -> float:
     return freshness_s(response.headers, dt.datetime.now(dt.UTC)) or 0.0
 
 
+@pytest.fixture(autouse=True)
+def long_lived_answers(emulator) -> None:
+    """An hour of life for every answer.
+
+    Status answers live 30 s, so one may otherwise arrive with max-age=0
+    at the end of its cache generation and, rightly, not be cached.
+    """
+    emulator.configure(cache_ttl_s=3600)
+
+
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of this test's own, removed afterwards."""

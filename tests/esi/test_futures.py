@@ -310,3 +310,23 @@ def test_bravado_response_method_still_works(client) -> None:
     # then
     assert "players" in response.result
     assert response.metadata.status_code == 200
+
+
+def test_stored_token_refreshes_and_reads_assets(emulator, runtime) -> None:
+    # given a grant stored in the token store (its access token already expired)
+    grant = emulator.create_grant(
+        character_id=PILOT_ID,
+        character_name="Test Pilot One",
+        scopes=["esi-assets.read_assets.v1"],
+    )
+    token = runtime.tokens.import_grant(grant)
+    client = esi_client_factory(token, settings=runtime.settings, cache=MemoryCache())
+
+    # when
+    assets = client.Assets.get_characters_character_id_assets(
+        character_id=PILOT_ID
+    ).results()
+
+    # then
+    assert len(assets) > 0
+    assert emulator.stats()["sso_token_requests"] == 1

@@ -25,7 +25,9 @@ def sso(settings) -> Iterator[SSOClient]:
 @pytest.fixture
 def refresh_token(emulator) -> str:
     """A live refresh token of the test character with two scopes."""
-    grant = emulator.create_grant(character_id=CHARACTER_ID,
-                                  character_name=CHARACTER_NAME,
-                                  scopes=[ASSETS, SKILLS])
+    grant = emulator.create_grant(
+        character_id=CHARACTER_ID,
+        character_name=CHARACTER_NAME,
+        scopes=[ASSETS, SKILLS],
+    )
     return grant.refresh_token

@@ -18,8 +18,9 @@ from .conftest import ASSETS, CHARACTER_ID, CHARACTER_NAME, SKILLS
 
 def _fresh_access_token(emulator, sso: SSOClient, scopes=(ASSETS, SKILLS)) -> str:
     """A current access token, as the SSO hands out on refresh."""
-    grant = emulator.create_grant(character_id=CHARACTER_ID,
-                                  character_name=CHARACTER_NAME, scopes=list(scopes))
+    grant = emulator.create_grant(
+        character_id=CHARACTER_ID, character_name=CHARACTER_NAME, scopes=list(scopes)
+    )
     return sso.refresh(grant.refresh_token).access_token
 
 
@@ -64,18 +65,22 @@ def test_an_es256_token_verifies_with_the_ec_key(emulator, sso):
 
 @pytest.mark.parametrize(
     ("scp_form", "scopes", "expected"),
-    [("list", [ASSETS, SKILLS], (ASSETS, SKILLS)),
-     ("list", [ASSETS], (ASSETS,)),
-     ("string", [ASSETS], (ASSETS,)),
-     ("auto", [], ()),
-     ("absent", [ASSETS], ())],
+    [
+        ("list", [ASSETS, SKILLS], (ASSETS, SKILLS)),
+        ("list", [ASSETS], (ASSETS,)),
+        ("string", [ASSETS], (ASSETS,)),
+        ("auto", [], ()),
+        ("absent", [ASSETS], ()),
+    ],
 )
-def test_scp_may_be_a_list_a_string_or_absent(emulator, sso, scp_form, scopes,
-                                                expected):
+def test_scp_may_be_a_list_a_string_or_absent(
+    emulator, sso, scp_form, scopes, expected
+):
     # given an SSO writing scp in one form
     emulator.configure(scp_form=scp_form)
-    grant = emulator.create_grant(character_id=CHARACTER_ID,
-                                  character_name=CHARACTER_NAME, scopes=scopes)
+    grant = emulator.create_grant(
+        character_id=CHARACTER_ID, character_name=CHARACTER_NAME, scopes=scopes
+    )
 
     # when its access token is verified (the emulator's grant has expired)
     claims = sso.verify_access_token(grant.access_token, allow_expired=True)
@@ -86,8 +91,9 @@ def test_scp_may_be_a_list_a_string_or_absent(emulator, sso, scp_form, scopes,
 
 def test_a_tampered_token_fails_the_signature_check(emulator, sso):
     # given a token whose character was changed after signing
-    token = _with_payload(_fresh_access_token(emulator, sso),
-                          sub="CHARACTER:EVE:90000001")
+    token = _with_payload(
+        _fresh_access_token(emulator, sso), sub="CHARACTER:EVE:90000001"
+    )
 
     # when it is verified
     with pytest.raises(JWTValidationError, match="signature") as caught:
@@ -97,9 +103,7 @@ def test_a_tampered_token_fails_the_signature_check(emulator, sso):
     assert token not in str(caught.value)
 
 
-def test_a_token_for_another_application_fails_the_audience_check(
-    emulator, settings
-):
+def test_a_token_for_another_application_fails_the_audience_check(emulator, settings):
     # given a verifier registered under another client id
     sso = SSOClient(settings.replace(sso_client_id="someone-else"))
     token = _fresh_access_token(emulator, SSOClient(settings))
@@ -110,8 +114,9 @@ def test_a_token_for_another_application_fails_the_audience_check(
     # then it was refused for the audience
 
 
-@pytest.mark.parametrize("issuer", ["login.eveonline.com",
-                                    "https://login.eveonline.com"])
+@pytest.mark.parametrize(
+    "issuer", ["login.eveonline.com", "https://login.eveonline.com"]
+)
 def test_both_documented_issuers_are_accepted(emulator, sso, issuer):
     # given an SSO naming itself one of the documented ways
     emulator.configure(issuer=issuer)
@@ -151,8 +156,9 @@ def test_an_expired_token_is_refused(emulator, settings):
 def test_a_token_signed_by_an_unknown_key_is_refused(emulator, sso):
     # given a token signed by a key the SSO never published
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    real = jwt.decode(_fresh_access_token(emulator, sso),
-                      options={"verify_signature": False})
+    real = jwt.decode(
+        _fresh_access_token(emulator, sso), options={"verify_signature": False}
+    )
     token = jwt.encode(real, key, algorithm="RS256", headers={"kid": "rogue-key"})
 
     # when it is verified
@@ -163,8 +169,9 @@ def test_a_token_signed_by_an_unknown_key_is_refused(emulator, sso):
 
 def test_alg_none_is_refused(emulator, sso):
     # given an unsigned token
-    real = jwt.decode(_fresh_access_token(emulator, sso),
-                      options={"verify_signature": False})
+    real = jwt.decode(
+        _fresh_access_token(emulator, sso), options={"verify_signature": False}
+    )
     token = jwt.encode(real, None, algorithm="none")
 
     # when it is verified

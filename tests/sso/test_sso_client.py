@@ -21,8 +21,9 @@ from .conftest import ASSETS, CHARACTER_ID, CHARACTER_NAME, SKILLS
 def _login(emulator, sso: SSOClient, *, pkce: bool = False):
     """Follow the authorize redirect the way a browser would; the callback query."""
     login = sso.authorization_url([ASSETS], pkce=pkce)
-    answer = requests.get(login.url + f"&character_id={CHARACTER_ID}",
-                          allow_redirects=False, timeout=5)
+    answer = requests.get(
+        login.url + f"&character_id={CHARACTER_ID}", allow_redirects=False, timeout=5
+    )
     assert answer.status_code == 302
     return login, parse_qs(urlsplit(answer.headers["Location"]).query)
 
@@ -114,15 +115,24 @@ def test_revoke_kills_the_grant(sso, refresh_token):
     ("switches", "error_class", "error_code"),
     [
         ({"sso_faults": [{"kind": "invalid_grant"}]}, SSOGrantError, "invalid_grant"),
-        ({"sso_faults": [{"kind": "invalid_client"}]},
-         SSOConfigurationError, "invalid_client"),
+        (
+            {"sso_faults": [{"kind": "invalid_client"}]},
+            SSOConfigurationError,
+            "invalid_client",
+        ),
         ({"sso_faults": [{"status": 503}]}, SSOTransientError, None),
         ({"sso_faults": [{"status": 502}]}, SSOTransientError, None),
         ({"sso_faults": [{"kind": "non_json"}]}, SSOTransientError, None),
         ({"sso_faults": [{"kind": "no_access_token"}]}, SSOTransientError, None),
     ],
-    ids=["invalid_grant", "invalid_client", "503", "502", "non_json",
-         "no_access_token"],
+    ids=[
+        "invalid_grant",
+        "invalid_client",
+        "503",
+        "502",
+        "non_json",
+        "no_access_token",
+    ],
 )
 def test_each_token_endpoint_answer_becomes_one_of_our_errors(
     emulator, sso, refresh_token, switches, error_class, error_code
@@ -176,8 +186,9 @@ def test_a_timeout_is_transient(emulator, sso, refresh_token):
     # then requests' own exception never reaches the caller (checked by the type)
 
 
-def test_wrong_client_secret_is_a_configuration_error(settings, emulator,
-                                                       refresh_token):
+def test_wrong_client_secret_is_a_configuration_error(
+    settings, emulator, refresh_token
+):
     # given a client with a wrong secret
     sso = SSOClient(settings.replace(sso_client_secret="not-the-secret"))
 
@@ -221,8 +232,12 @@ def test_grant_repr_and_logs_hide_the_secrets(emulator, sso, refresh_token, capl
     grant = sso.refresh(refresh_token)
 
     # then neither secret shows in the repr or in any log line
-    for secret in (grant.access_token, grant.refresh_token, refresh_token,
-                   emulator.client_secret):
+    for secret in (
+        grant.access_token,
+        grant.refresh_token,
+        refresh_token,
+        emulator.client_secret,
+    ):
         assert secret not in repr(grant)
         assert secret not in repr(sso)
         assert secret not in caplog.text

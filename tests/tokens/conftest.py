@@ -30,15 +30,22 @@ def store(runtime) -> TokenStore:
 def add_token(store) -> Callable[..., Token]:
     """Store a token with made-up secrets; no SSO involved."""
 
-    def add(character_id: int = CHARACTER_ID, scopes: Any = (ASSETS,), *,
-            user: str | None = None, expires_in_s: float = 1200,
-            refreshable: bool = True) -> Token:
+    def add(
+        character_id: int = CHARACTER_ID,
+        scopes: Any = (ASSETS,),
+        *,
+        user: str | None = None,
+        expires_in_s: float = 1200,
+        refreshable: bool = True,
+    ) -> Token:
         n = next(_serial)
         return store.add(
             access_token=f"made-up-access-{n}",
             refresh_token=f"made-up-refresh-{n}" if refreshable else None,
-            character_id=character_id, character_name=f"Pilot {character_id}",
-            character_owner_hash=f"owner-{character_id}", scopes=scopes,
+            character_id=character_id,
+            character_name=f"Pilot {character_id}",
+            character_owner_hash=f"owner-{character_id}",
+            scopes=scopes,
             access_expires=store.clock.now() + dt.timedelta(seconds=expires_in_s),
             user=user,
         )
@@ -50,10 +57,14 @@ def add_token(store) -> Callable[..., Token]:
 def sso_token(emulator, store) -> Callable[..., Token]:
     """Store a token backed by a real emulator grant (its access token expired)."""
 
-    def add(character_id: int = CHARACTER_ID, scopes: Any = (ASSETS, SKILLS),
-            user: str | None = None) -> Token:
-        grant = emulator.create_grant(character_id=character_id,
-                                      character_name=CHARACTER_NAME, scopes=scopes)
+    def add(
+        character_id: int = CHARACTER_ID,
+        scopes: Any = (ASSETS, SKILLS),
+        user: str | None = None,
+    ) -> Token:
+        grant = emulator.create_grant(
+            character_id=character_id, character_name=CHARACTER_NAME, scopes=scopes
+        )
         return store.import_grant(grant, user=user)
 
     return add

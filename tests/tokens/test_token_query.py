@@ -12,8 +12,13 @@ from .conftest import ASSETS, CHARACTER_ID, SKILLS, WALLET, token_count
 
 @pytest.mark.parametrize(
     "scopes",
-    [f"{ASSETS} {SKILLS}", [ASSETS, SKILLS], [f"{SKILLS} {ASSETS}"],
-     (s for s in (SKILLS, ASSETS)), {ASSETS, SKILLS}],
+    [
+        f"{ASSETS} {SKILLS}",
+        [ASSETS, SKILLS],
+        [f"{SKILLS} {ASSETS}"],
+        (s for s in (SKILLS, ASSETS)),
+        {ASSETS, SKILLS},
+    ],
     ids=["string", "list", "one-element-list", "generator", "set"],
 )
 def test_require_scopes_accepts_every_django_esi_form(store, add_token, scopes):
@@ -53,8 +58,7 @@ def test_require_scopes_exact_matches_only_the_same_set(store, add_token):
     assert found == [two]
 
 
-def test_require_scopes_exact_with_no_scopes_finds_scopeless_tokens(store,
-                                                                    add_token):
+def test_require_scopes_exact_with_no_scopes_finds_scopeless_tokens(store, add_token):
     # given a scopeless token and a scoped one
     bare = add_token(scopes=[], refreshable=False)
     add_token(scopes=[ASSETS])
@@ -180,8 +184,9 @@ def test_dead_tokens_are_hidden_unless_asked_for(store, add_token):
     alive = add_token(scopes=[ASSETS])
     dead = add_token(scopes=[SKILLS])
     with store.pool.connection() as conn:
-        conn.execute("UPDATE esi_token SET state = %s WHERE id = %s",
-                     (REVOKED, dead.id))
+        conn.execute(
+            "UPDATE esi_token SET state = %s WHERE id = %s", (REVOKED, dead.id)
+        )
 
     # when queried by default, for all, and by state
     # then the default view shows only the valid token
@@ -232,8 +237,7 @@ def test_delete_removes_only_matching_tokens(store, add_token):
     assert list(store.query()) == [keep]
 
 
-def test_adding_an_equivalent_grant_updates_instead_of_duplicating(store,
-                                                                   add_token):
+def test_adding_an_equivalent_grant_updates_instead_of_duplicating(store, add_token):
     # given a stored token
     first = add_token(scopes=[ASSETS, SKILLS], user="alice")
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
 
 class EsiSwaggerClient(SwaggerClient):
     """A bravado ``SwaggerClient`` on a shared spec with its own HTTP client.
@@ -103,7 +105,7 @@ class EsiOperation(CallableOperation):
         log.debug(
             "%s(%s)",
             self.operation.operation_id,
-            self._sanitize_kwargs_for_logging(op_kwargs),
+            _loggable(op_kwargs),
         )
 
         options = op_kwargs.pop("_request_options", {})
@@ -115,6 +117,19 @@ class EsiOperation(CallableOperation):
 
     def _spec_url(self) -> str:
         return str(self.operation.swagger_spec.api_url).rstrip("/")
+
+
+def _loggable(op_kwargs: dict[str, Any]) -> dict[str, Any]:
+    # bravado's own redaction reads its header list from a config key that
+    # its factory removes, so it redacts nothing; ours does not rely on it.
+    options = dict(op_kwargs.get("_request_options") or {})
+    headers = {
+        name: "*redacted*" if str(name).lower() in SECRET_HEADERS else value
+        for name, value in (options.get("headers") or {}).items()
+    }
+    if headers:
+        options["headers"] = headers
+    return {**op_kwargs, "_request_options": options} if options else op_kwargs
 
 
 def esi_client_factory(

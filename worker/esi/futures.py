@@ -283,7 +283,7 @@ class CachingHttpFuture(HttpFuture):
     def _key(self, params: dict[str, Any]) -> str:
         token = self.http_client.token
         authed = needs_token(self.operation) and token is not None
-        sent = {**self.http_client.headers_for(self.operation), **params["headers"]}
+        sent = {**self.http_client.base_headers, **params["headers"]}
         body = params.get("data")
         if body is None and params.get("json") is not None:
             body = json.dumps(params["json"], sort_keys=True)

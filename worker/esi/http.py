@@ -69,9 +69,7 @@ class EsiHttpClient(RequestsClient):
         self.user_agent = _user_agent(settings, app_info_text)
         self.cache = cache
         self.clock = clock
-        self.backoff_s = float(
-            getattr(settings, "esi_retry_backoff_s", DEFAULT_BACKOFF_S)
-        )
+        self.backoff_s = settings.esi_retry_backoff_s
         self._configure_session()
 
     def request(
@@ -125,14 +123,19 @@ class EsiHttpClient(RequestsClient):
             self._back_off(name, attempt, failure)
             attempt += 1
 
-    def headers_for(self, operation: Operation | None) -> dict[str, str]:
-        """The headers every request of ``operation`` carries (no secrets)."""
+    @property
+    def base_headers(self) -> dict[str, str]:
+        """The headers every request carries (none of them secret)."""
         return {
             "User-Agent": self.user_agent,
             "X-Compatibility-Date": self.settings.esi_compatibility_date,
             "X-Tenant": self.datasource,
             "Accept": "application/json",
         }
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
 
     def __repr__(self) -> str:
         who = getattr(self.token, "character_id", None)
@@ -187,7 +190,7 @@ class EsiHttpClient(RequestsClient):
         self, request_params: dict[str, Any], operation: Operation | None
     ) -> requests.PreparedRequest:
         params = {k: v for k, v in request_params.items() if k not in _MISC_OPTIONS}
-        params["headers"] = {**self.headers_for(operation), **params["headers"]}
+        params["headers"] = {**self.base_headers, **params["headers"]}
         params["params"] = {k: v for k, v in params["params"].items() if k != "token"}
         prepared = self.session.prepare_request(requests.Request(**params))
 

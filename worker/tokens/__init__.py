@@ -2,14 +2,16 @@
 
 ``from worker.tokens import Token, TokenQuery, TokenStore`` is the public
 surface; the modules behind it are ``token`` (the model), ``query`` (the
-chainable query), ``store`` (SQL, refresh, prune) and ``grants`` (input).
+chainable query), ``store`` (adding, pruning), ``refresh`` (claim and
+refresh under the row lock), ``rows`` (shared SQL) and ``grants`` (input).
 """
 
 from __future__ import annotations
 
 from .grants import GrantFields
 from .query import TokenQuery
-from .store import RefreshSummary, TokenStore
+from .refresh import RefreshSummary
+from .store import TokenStore
 from .token import (
     CONFIG_ERROR,
     NO_REFRESH_EXPIRED,

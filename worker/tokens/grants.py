@@ -63,10 +63,14 @@ def grant_fields(grant: Any) -> GrantFields:
     claims = getattr(grant, "claims", None)
     if claims is not None and hasattr(claims, "owner_hash"):
         return GrantFields(
-            access_token=grant.access_token, refresh_token=grant.refresh_token,
-            character_id=claims.character_id, character_name=claims.character_name,
-            character_owner_hash=claims.owner_hash, scopes=claims.scopes,
-            access_expires=grant.expires_at, token_type=claims.token_type,
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            character_id=claims.character_id,
+            character_name=claims.character_name,
+            character_owner_hash=claims.owner_hash,
+            scopes=claims.scopes,
+            access_expires=grant.expires_at,
+            token_type=claims.token_type,
         )
 
     def read(name: str, default: Any = ...) -> Any:

@@ -9,36 +9,48 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SSOError, TokenError, TokenLookupError
 from ..scopes import normalize_scopes
-from .token import COLUMNS, EXPIRY_MARGIN_S, VALID, Token
+from .rows import TOKEN_COLUMNS, token_from_row
+from .token import EXPIRY_MARGIN_S, VALID, Token
 
 if TYPE_CHECKING:
     from .store import TokenStore
 
 log = logging.getLogger(__name__)
 
-# Scope names sort the same way in Python and in PostgreSQL only under "C".
-SCOPES_OF_T = (
-    "ARRAY(SELECT s.name FROM esi_token_scope ts JOIN esi_scope s "
-    "ON s.id = ts.scope_id WHERE ts.token_id = t.id "
-    'ORDER BY s.name COLLATE "C") AS scopes'
-)
-SELECT_TOKENS = (
-    "SELECT " + ", ".join(f"t.{c}" for c in COLUMNS) + f", {SCOPES_OF_T} "
-    "FROM esi_token t"
-)
+SELECT_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM esi_token t"
 
 _FIELDS = {
-    "id": "id", "pk": "id", "character_id": "character_id", "user": "user_id",
-    "user_id": "user_id", "token_type": "token_type",
-    "character_name": "character_name", "state": "state",
+    "id": "id",
+    "pk": "id",
+    "character_id": "character_id",
+    "user": "user_id",
+    "user_id": "user_id",
+    "token_type": "token_type",
+    "character_name": "character_name",
+    "state": "state",
     "character_owner_hash": "character_owner_hash",
 }
 _ORDERABLE = {
-    "id": "id", "pk": "id", "created": "created", "updated": "updated",
-    "access_expires": "access_expires", "expires": "access_expires",
-    "character_id": "character_id", "character_name": "character_name",
+    "id": "id",
+    "pk": "id",
+    "created": "created",
+    "updated": "updated",
+    "access_expires": "access_expires",
+    "expires": "access_expires",
+    "character_id": "character_id",
+    "character_name": "character_name",
 }
 _Condition = tuple[str, tuple[Any, ...]]
+
+_HOLDS_SCOPES = (
+    "t.id IN (SELECT ts.token_id FROM esi_token_scope ts"
+    " WHERE ts.scope_id = ANY(ARRAY(SELECT id FROM esi_scope"
+    " WHERE name = ANY(%s::text[])))"
+    " GROUP BY ts.token_id HAVING count(*) = %s)"
+)
+_SCOPE_COUNT_IS = (
+    "(SELECT count(*) FROM esi_token_scope x WHERE x.token_id = t.id) = %s"
+)
 
 
 class TokenQuery:
@@ -204,10 +216,16 @@ class TokenQuery:
         """Delete the matching tokens; the number deleted."""
         sql, params = self._sql("DELETE FROM esi_token t", ordered=False)
         with self._store.pool.connection() as conn:
-            rows = conn.execute(f"{sql} RETURNING t.id, t.character_id", params).fetchall()
+            rows = conn.execute(
+                f"{sql} RETURNING t.id, t.character_id", params
+            ).fetchall()
         for token_id, character_id in rows:
-            log.info("deleted token %r of character %r", token_id, character_id,
-                     extra={"token_id": token_id, "character_id": character_id})
+            log.info(
+                "deleted token %r of character %r",
+                token_id,
+                character_id,
+                extra={"token_id": token_id, "character_id": character_id},
+            )
         self._cache = None
         return len(rows)
 
@@ -235,17 +253,18 @@ class TokenQuery:
 
     def _fetch(self, limit: int | None = None) -> list[Token]:
         # With require_valid the limit applies after refreshing, in Python.
-        sql, params = self._sql(SELECT_TOKENS, ordered=True,
-                                limit=None if self._require_valid else limit)
+        sql, params = self._sql(
+            SELECT_TOKENS, ordered=True, limit=None if self._require_valid else limit
+        )
         with self._store.pool.connection() as conn:
             rows = conn.execute(sql, params).fetchall()
-        tokens = [Token(self._store, _as_dict(row)) for row in rows]
+        tokens = [token_from_row(self._store, row) for row in rows]
         if self._require_valid:
             tokens = self._usable(tokens, limit)
         return tokens
 
     def _usable(self, tokens: list[Token], limit: int | None) -> list[Token]:
-        usable = []
+        usable: list[Token] = []
         for token in tokens:
             if limit is not None and len(usable) >= limit:
                 break
@@ -284,18 +303,10 @@ class TokenQuery:
         """
         conditions: list[_Condition] = []
         if self._scopes:
-            conditions.append((
-                "t.id IN (SELECT ts.token_id FROM esi_token_scope ts "
-                "WHERE ts.scope_id = ANY(ARRAY(SELECT id FROM esi_scope "
-                "WHERE name = ANY(%s::text[]))) "
-                "GROUP BY ts.token_id HAVING count(*) = %s)",
-                (list(self._scopes), len(self._scopes)),
-            ))
+            count = len(self._scopes)
+            conditions.append((_HOLDS_SCOPES, (list(self._scopes), count)))
         if self._exact:
-            conditions.append((
-                "(SELECT count(*) FROM esi_token_scope x WHERE x.token_id = t.id) = %s",
-                (len(self._scopes),),
-            ))
+            conditions.append((_SCOPE_COUNT_IS, (len(self._scopes),)))
         return conditions
 
 
@@ -324,7 +335,3 @@ def _differs(column: str, value: Any) -> _Condition:
     if isinstance(value, (list, tuple, set, frozenset)):
         return (f"NOT COALESCE(t.{column} = ANY(%s), FALSE)", (list(value),))
     return (f"t.{column} IS DISTINCT FROM %s", (value,))
-
-
-def _as_dict(row: Any) -> dict[str, Any]:
-    return dict(zip((*COLUMNS, "scopes"), row, strict=True))

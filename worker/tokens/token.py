@@ -35,10 +35,24 @@ STATES = (VALID, REVOKED, OWNER_CHANGED, NO_REFRESH_EXPIRED, CONFIG_ERROR)
 EXPIRY_MARGIN_S = 30.0
 
 COLUMNS = (
-    "id", "created", "updated", "access_token", "refresh_token", "access_expires",
-    "character_id", "character_name", "token_type", "character_owner_hash",
-    "sso_version", "user_id", "state", "state_reason", "state_changed",
-    "last_refresh_error", "refresh_failures", "next_refresh_attempt",
+    "id",
+    "created",
+    "updated",
+    "access_token",
+    "refresh_token",
+    "access_expires",
+    "character_id",
+    "character_name",
+    "token_type",
+    "character_owner_hash",
+    "sso_version",
+    "user_id",
+    "state",
+    "state_reason",
+    "state_changed",
+    "last_refresh_error",
+    "refresh_failures",
+    "next_refresh_attempt",
 )
 
 
@@ -136,7 +150,8 @@ class Token:
         """
         if self.state != VALID:
             raise TokenInvalidError(
-                f"token {self.id} is {self.state}", token_id=self.id,
+                f"token {self.id} is {self.state}",
+                token_id=self.id,
                 character_id=self.character_id,
             )
         if not self.expired:
@@ -144,7 +159,8 @@ class Token:
         if self.refresh_token is None:
             raise TokenExpiredError(
                 f"token {self.id} expired and has no refresh token",
-                token_id=self.id, character_id=self.character_id,
+                token_id=self.id,
+                character_id=self.character_id,
             )
 
         try:
@@ -152,7 +168,8 @@ class Token:
         except SSOTransientError as exc:
             raise TokenExpiredError(
                 f"token {self.id} expired and the SSO could not refresh it now",
-                token_id=self.id, character_id=self.character_id,
+                token_id=self.id,
+                character_id=self.character_id,
             ) from exc
         self._assign(fresh)
         return self.access_token
@@ -166,7 +183,8 @@ class Token:
         """
         if self.refresh_token is None:
             raise NotRefreshableTokenError(
-                f"token {self.id} has no refresh token", token_id=self.id,
+                f"token {self.id} has no refresh token",
+                token_id=self.id,
                 character_id=self.character_id,
             )
         self._assign(self._store.refresh(self, session=session, auth=auth))
@@ -189,8 +207,12 @@ class Token:
             try:
                 token.valid_access_token()
             except (TokenError, SSOError) as exc:
-                log.debug("token %r of character %r unusable: %s",
-                          token.id, character_id, type(exc).__name__)
+                log.debug(
+                    "token %r of character %r unusable: %s",
+                    token.id,
+                    character_id,
+                    type(exc).__name__,
+                )
                 continue
             return token
         return False
