@@ -1,0 +1,141 @@
+"""The ``esi-worker`` command line: the group and the process commands.
+
+Command families live in their own modules (``tokens``, ``jobs``) and are
+attached at the bottom of this one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .. import __version__
+from ..errors import WorkerError
+from ..logs import configure_logging
+from ..settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """Show our errors as one clear line instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except WorkerError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]  # type: ignore[no-any-return]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="esi-worker")
+@click.option(
+    "--log-level",
+    default=None,
+    help="Log level (default: ESI_WORKER_LOG_LEVEL or INFO).",
+)
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
+    """esi-worker: keeps EVE SSO tokens alive and pulls ESI data into PostgreSQL."""
+    try:
+        settings = Settings.from_env()
+    except WorkerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure_logging(log_level or settings.log_level)
+    ctx.obj = {"settings": settings}
+
+
+@main.command()
+@click.pass_context
+@friendly_errors
+def migrate(ctx: click.Context) -> None:
+    """Bring the database schema to the newest revision."""
+    from ..db import migrate as migrate_db
+    from ..db import resolve_database_url
+
+    migrate_db(resolve_database_url(settings_of(ctx)))
+    click.echo("database schema is up to date")
+
+
+@main.command()
+@click.option(
+    "--emulator",
+    is_flag=True,
+    help="Run against the bundled ESI + SSO emulator, with demo tokens.",
+)
+@click.option(
+    "--emulator-port",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Port of the emulator (0: any free one).",
+)
+@click.option(
+    "--duration", type=float, default=None, help="Stop after this many seconds."
+)
+@click.pass_context
+@friendly_errors
+def run(
+    ctx: click.Context, emulator: bool, emulator_port: int, duration: float | None
+) -> None:
+    """Run scheduler and workers in this one process."""
+    from ..runner import run as run_all
+
+    run_all(
+        settings_of(ctx),
+        emulator=emulator,
+        emulator_port=emulator_port,
+        duration_s=duration,
+    )
+
+
+@main.command()
+@click.pass_context
+@friendly_errors
+def worker(ctx: click.Context) -> None:
+    """Run a worker process (needs a database URL and a broker URL)."""
+    from ..runner import run_worker
+
+    run_worker(settings_of(ctx))
+
+
+@main.command()
+@click.pass_context
+@friendly_errors
+def scheduler(ctx: click.Context) -> None:
+    """Run the scheduler process (needs a database URL and a broker URL)."""
+    from ..runner import run_scheduler
+
+    run_scheduler(settings_of(ctx))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8090, show_default=True)
+@friendly_errors
+def emulator(host: str, port: int) -> None:
+    """Serve the ESI + SSO emulator (for tests and plugin authors)."""
+    from ..emulator import EmulatorConfig, serve
+
+    serve(host, port, EmulatorConfig())
+
+
+def _attach_command_families() -> None:
+    from .jobs import jobs
+    from .tokens import tokens
+
+    main.add_command(tokens)
+    main.add_command(jobs)
+
+
+_attach_command_families()
