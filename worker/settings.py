@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     refresh_parallelism: int = Field(default=4, ge=1)
     refresh_ahead_s: float = Field(default=300.0, ge=0)
     prune_grace_s: float = Field(default=7 * 86400.0, ge=0)
+    # -- token lifecycle: login, encryption at rest --
+    # -- ESI protocol: spec loading, limits --
 
     # -- worker and scheduler --
     worker_threads: int = Field(default=8, ge=1)
@@ -72,6 +74,8 @@ class Settings(BaseSettings):
     market_regions: list[int] = Field(default_factory=lambda: [10000002])
     type_ids: list[int] = Field(default_factory=lambda: [34, 35, 36, 37, 38, 39, 40])
     log_level: str = "INFO"
+    # -- jobs and scheduling --
+    # -- observability --
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
