@@ -73,8 +73,9 @@ def seed_tokens(runtime: Runtime, emulator: Emulator) -> int:
 
 
 def _adopt_existing(runtime: Runtime, emulator: Emulator) -> list[tuple[int, str]]:
-    adopted = []
-    for token in runtime.tokens.query().filter(state="valid"):
+    adopted: list[tuple[int, str]] = []
+    tokens = list(runtime.tokens.query().filter(state="valid"))
+    for token in tokens:
         if not token.refresh_token:
             continue
         emulator.create_grant(
@@ -85,4 +86,11 @@ def _adopt_existing(runtime: Runtime, emulator: Emulator) -> list[tuple[int, str
             refresh_token=token.refresh_token,
         )
         adopted.append((token.character_id, token.character_name))
+    # The new emulator signs with new keys: access tokens from the last run
+    # would be refused by its ESI, so they are marked due for refresh.
+    with runtime.pool.connection() as conn:
+        conn.execute(
+            "UPDATE esi_token SET access_expires = now() WHERE id = ANY(%s)",
+            ([t.id for t in tokens if t.refresh_token],),
+        )
     return adopted
