@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.errors import JobSkipped
-from worker.jobs import JobContext, job
+from worker.jobs import JobContext, job, token_required
+from worker.tokens import Token
 
 SCOPE = "esi-assets.read_assets.v1"
 _COLUMNS = (
@@ -14,14 +14,11 @@ _COLUMNS = (
 )
 
 
-@job(every=3600, timeout=600)
-def character_assets(ctx: JobContext) -> None:
+@job(every=3600, timeout=600, routes=["/characters/{character_id}/assets/"])
+@token_required(scopes=SCOPE)
+def character_assets(ctx: JobContext, token: Token) -> None:
     """Store every asset of the first character whose token grants the scope."""
-    token = ctx.runtime.tokens.query().require_scopes([SCOPE]).require_valid().first()
-    if token is None:
-        raise JobSkipped(f"no valid token holds {SCOPE}")
-
-    client = token.get_esi_client()
+    client = ctx.esi_for(token)
     operation = client.Assets.get_characters_character_id_assets
     assets = operation(character_id=token.character_id).results()
     _replace_assets(ctx, token.character_id, assets)

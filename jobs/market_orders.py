@@ -12,7 +12,7 @@ _COLUMNS = (
 )
 
 
-@job(every=300, timeout=600)
+@job(every=300, timeout=600, routes=["/markets/{region_id}/orders/"])
 def market_orders(ctx: JobContext) -> None:
     """Store the complete order book of each configured region."""
     for region_id in ctx.settings.market_regions:

@@ -7,7 +7,7 @@ from typing import Any
 from worker.jobs import JobContext, job
 
 
-@job(every=86400, timeout=900)
+@job(every=86400, timeout=900, routes=["/universe/types/{type_id}/"])
 def type_names(ctx: JobContext) -> None:
     """Store the configured types' names in each language of the operation."""
     operation = ctx.esi.Universe.get_universe_types_type_id
@@ -35,12 +35,18 @@ def _fetch(ctx: JobContext, operation: Any, type_id: int, language: str) -> tupl
         # the asked-for language would put English text in the German column.
         ctx.log.debug("type %r: asked for %r, served %r", type_id, language, served)
         return None
-    return (type_id, language, data["name"], data.get("description"),
+    return (type_id, _stored_language(language), data["name"], data.get("description"),
             data.get("group_id"), data.get("published"), ctx.clock.now())
 
 
 def _base(language: str) -> str:
     return language.lower().split("-")[0]
+
+
+def _stored_language(language: str) -> str:
+    # The Swagger-era spec says "en-us", today's OpenAPI spec says "en": one
+    # column value for English whichever spec the client was built from.
+    return "en" if _base(language) == "en" else language
 
 
 def _store(ctx: JobContext, rows: list[tuple]) -> None:

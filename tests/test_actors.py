@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -63,14 +64,20 @@ def test_scheduler_fans_out_to_each_character_holding_the_scopes(
     actors = declare_actors(broker, registry)
     scheduler = JobScheduler(runtime, {"per_character_probe": per_character_probe}, actors)
 
-    # when
-    enqueued = scheduler.tick("per_character_probe")
+    # when: planning covers a whole period, so every character's slot passed
+    now = runtime.clock.now()
+    enqueued = scheduler.plan(per_character_probe, now, now - dt.timedelta(seconds=60))
 
     # then: one message per character with the scope, holding ids only
     assert enqueued == 2
     raw = redis.Redis.from_url(REDIS_URL).hgetall("esi-worker-test:esi_worker.msgs")
     messages = [json.loads(body) for body in raw.values()]
     assert sorted(m["args"][1] for m in messages) == [96224792, 2112000001]
+    with runtime.pool.connection() as conn:
+        queued = conn.execute(
+            "SELECT id FROM esi_job_run WHERE state = 'queued' ORDER BY id"
+        ).fetchall()
+    assert sorted(m["args"][3] for m in messages) == [row[0] for row in queued]
     secrets = [t.refresh_token for t in tokens] + [t.access_token for t in tokens]
     for body in raw.values():
         assert not any(secret and secret.encode() in body for secret in secrets)

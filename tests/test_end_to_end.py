@@ -60,6 +60,7 @@ def demo_process(database_url: str, clean_db: Any, tmp_path: Path) -> Iterator[d
         "ESI_WORKER_DATA_DIR": str(tmp_path / "data"),
         "ESI_WORKER_METRICS_PORT": str(ports["metrics"]),
         "ESI_WORKER_REFRESH_AHEAD_S": "1200",  # every run refreshes every token
+        "ESI_WORKER_ESI_DOWNTIME_UTC": "",  # the emulator never goes down
         "ESI_WORKER_JOB_INTERVALS": json.dumps(
             {"refresh_tokens": 3, "market_orders": 3, "character_assets": 4}
         ),
@@ -151,8 +152,9 @@ def _assert_market_orders_match_recording(url: str) -> None:
 
 
 def _assert_type_names_match_recording(url: str) -> None:
+    # Recorded as "en-us" (Swagger era); stored under today's tag "en".
     recorded = {
-        (int(e["path_params"]["type_id"]), e["language"]): e["body"]
+        (int(e["path_params"]["type_id"]), "en" if e["language"] == "en-us" else e["language"]): e["body"]
         for e in recorded_bodies(
             "get_universe_types_type_id",
             lambda e: int(e["path_params"]["type_id"]) in MINERALS and e["status"] == 200
@@ -199,13 +201,25 @@ def _assert_assets_match_recording(url: str) -> None:
 def _assert_metrics_counted_the_work(port: int) -> None:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     samples = _parse_samples(text)
-    assert samples['esi_worker_token_refreshes_total{outcome="success"}'] >= 6
-    assert samples[
-        'esi_worker_esi_requests_total{operation="get_markets_region_id_orders",status="200"}'
-    ] >= 3
-    assert samples['esi_worker_cache_hits_total{operation="get_markets_region_id_orders"}'] >= 3
-    assert samples['esi_worker_job_runs_total{job="market_orders",outcome="success"}'] >= 2
-    assert samples['esi_worker_job_runs_total{job="refresh_tokens",outcome="success"}'] >= 2
+
+    def total(name: str, **labels: str) -> float:
+        wanted = {f'{k}="{v}"' for k, v in labels.items()}
+        return sum(
+            value for key, value in samples.items()
+            if key.split("{")[0] == name and wanted <= set(_labels_of(key))
+        )
+
+    assert total("esi_worker_token_refreshes_total", outcome="success") >= 6
+    orders = "get_markets_region_id_orders"
+    assert total("esi_worker_esi_requests_total", operation=orders, status="200") >= 3
+    assert total("esi_worker_cache_hits_total", operation=orders) >= 3
+    assert total("esi_worker_job_runs_total", job="market_orders", outcome="success") >= 2
+    assert total("esi_worker_job_runs_total", job="refresh_tokens", outcome="success") >= 2
+
+
+def _labels_of(key: str) -> list[str]:
+    inside = key.partition("{")[2].rstrip("}")
+    return [part for part in inside.split(",") if part]
 
 
 def _parse_samples(text: str) -> dict[str, float]:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,9 @@ def processes(
         "ESI_WORKER_METRICS_PORT": "0",
         "ESI_WORKER_MARKET_REGIONS": "[10000070]",
         "ESI_WORKER_DISABLED_JOBS": '["type_names", "prune_tokens"]',
-        "ESI_WORKER_DATA_DIR": str(tmp_path / uuid.uuid4().hex),
+        # The test's data dir: its token key decrypts the token stored above.
+        "ESI_WORKER_DATA_DIR": str(settings.data_dir),
+        "ESI_WORKER_ESI_DOWNTIME_UTC": "",  # the emulator never goes down
     }
     procs = []
     for role in ("worker", "scheduler"):

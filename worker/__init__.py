@@ -28,6 +28,12 @@ _EXPORTS = {
     "JobContext": "worker.jobs",
     "JobRegistry": "worker.jobs",
     "FanOut": "worker.jobs",
+    "token_required": "worker.jobs.decorators",
+    "tokens_required": "worker.jobs.decorators",
+    "single_use_token": "worker.jobs.decorators",
+    # login
+    "begin_login": "worker.login",
+    "complete_login": "worker.login",
     # wiring
     "Runtime": "worker.runtime",
     "Settings": "worker.settings",
@@ -91,6 +97,8 @@ if TYPE_CHECKING:
     from .esi.client import EsiClientProvider, esi_client_factory
     from .esi.futures import CachingHttpFuture
     from .jobs import FanOut, Job, JobContext, JobRegistry, job
+    from .jobs.decorators import single_use_token, token_required, tokens_required
+    from .login import begin_login, complete_login
     from .runtime import Runtime
     from .scopes import normalize_scopes
     from .settings import Settings

@@ -23,6 +23,7 @@
     │   │   └── RateLimitedError            429: a rate-limit bucket is empty
     │   ├── ESITransientError               502/503/504 or a connection error
     │   ├── SpecError                       the spec could not be loaded
+    │   ├── PagesInconsistentError          pages kept coming from two snapshots
     │   ├── ScopeMissingError               the token lacks the operation's scope
     │   └── InvalidLanguageError (ValueError)
     └── JobError                            a job could not be found or run
@@ -175,6 +176,14 @@ class SpecError(ESIError):
     def __init__(self, message: str, *, source: str | None = None) -> None:
         super().__init__(message)
         self.source = source
+
+
+class PagesInconsistentError(ESIError):
+    """The pages of a paged result kept disagreeing after the re-fetches."""
+
+    def __init__(self, message: str, *, operation: str) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class ScopeMissingError(ESIError):

@@ -56,12 +56,28 @@ def run(
         wait_for_stop(duration_s)
 
 
-def run_worker(settings: Settings) -> None:
-    """A worker process of a multi-process deployment (Procfile ``worker``)."""
+def run_worker(settings: Settings, processes: int = 1, *, serve: bool = True) -> None:
+    """The worker role of a multi-process deployment (Procfile ``worker``).
+
+    With ``processes`` above 1 this process only launches that many worker
+    processes and serves their summed metrics (see ``worker.launcher``).
+
+    :param serve: serve ``/metrics`` from this process (off in launched ones).
+    """
     require_shared_services(settings, "worker")
+    if processes > 1:
+        from .launcher import launch_workers
+
+        launch_workers(settings, processes)
+        return
+
     with open_runtime(settings) as runtime:  # noqa: F841 - made current inside
-        serve_metrics(settings)
-        _jobs, registry = load_jobs(settings)
+        jobs, registry = load_jobs(settings)
+        if serve:
+            serve_metrics(settings, database_gauges=False)
+        from .metrics.series import prime_series
+
+        prime_series(jobs)
         broker = broker_from_settings(settings)
         declare_actors(broker, registry)
         with running_worker(broker, settings):
@@ -133,9 +149,29 @@ def load_jobs(settings: Settings) -> tuple[dict[str, Job], JobRegistry]:
     return enabled, registry
 
 
-def serve_metrics(settings: Settings) -> None:
-    if settings.metrics_port:
-        start_metrics_server(settings.metrics_host, settings.metrics_port)
+def serve_metrics(settings: Settings, *, database_gauges: bool = True) -> int | None:
+    """Serve ``/metrics`` unless the port is 0; returns the port bound.
+
+    :param database_gauges: also expose the gauges read from the database
+        (tokens, run queue) through the current runtime; the scheduler and
+        ``run`` do, workers do not, so a deployment shows them once.
+    """
+    if not settings.metrics_port:
+        return None
+    from .metrics.collectors import JobIntervalCollector, register_database_collector
+    from .metrics.series import prime_series
+    from .metrics.server import process_registry
+    from .runtime import current
+
+    registry = process_registry()
+    if database_gauges:
+        runtime = current()
+        register_database_collector(runtime, registry)
+        jobs, _registry = load_jobs(settings)
+        registry.register(JobIntervalCollector(
+            jobs, settings.job_intervals, clock=runtime.clock))
+        prime_series(jobs)
+    return start_metrics_server(settings.metrics_host, settings.metrics_port, registry)
 
 
 @contextmanager
@@ -154,7 +190,14 @@ def running_worker(broker: dramatiq.Broker, settings: Settings) -> Iterator[dram
 def running_scheduler(
     runtime: Runtime, jobs: dict[str, Job], actors: Actors
 ) -> Iterator[JobScheduler]:
-    scheduler = JobScheduler(runtime, jobs, actors)
+    """A started scheduler that plans while it holds the leadership lock."""
+    from .leader import Leadership
+
+    settings = runtime.settings
+    leadership = None
+    if settings.database_url:
+        leadership = Leadership(settings.database_url, settings.scheduler_lock_key)
+    scheduler = JobScheduler(runtime, jobs, actors, leadership=leadership)
     scheduler.start()
     try:
         yield scheduler

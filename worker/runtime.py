@@ -128,6 +128,8 @@ class Runtime:
 
     def close(self) -> None:
         """Release what this runtime opened (a pool it did not receive)."""
+        if "tokens" in self.__dict__:
+            self.tokens.close()
         if self._owns_pool and self._pool is not None:
             self._pool.close()
 

@@ -1,29 +1,62 @@
-"""The scheduler: turns each job's schedule into messages on the broker."""
+"""The scheduler: turns each job's plan into queued runs and broker messages.
+
+Every tick, the scheduler that holds leadership (a PostgreSQL advisory
+lock, see :mod:`worker.leader`) works out which runs are due from the
+run records themselves: the newest planned run of each job and subject
+says which slot was served last. Due runs are recorded as ``queued`` in
+the same transaction that read the plan, under a per-job transaction
+lock, and only then sent. So a second scheduler, a restarted one or a
+new leader computes the same plan from the same rows and enqueues
+nothing twice; a run whose message was lost is sent again and a worker
+drops any copy of a run already claimed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .actors import REFRESH_JOB, Actors
-from .jobs import FanOut, Job
+from .actors import Actors
+from .jobs import FanOut, Job, Schedule
+from .jobs.records import (
+    DEFERRED,
+    FAILURE,
+    QUEUED,
+    RUNNING,
+    PlannedRun,
+    RunRecord,
+    abandon_running,
+    latest_planned,
+    queue_run,
+    queued_before,
+    touch_enqueued,
+    trim_runs,
+)
+from .jobs.subjects import subjects
+from .leader import Leadership
+from .metrics import jobs as job_metrics
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# Token refresh goes first at start-up, so authed jobs find fresh tokens.
-STARTUP_DELAY_S = 0.5
-STARTUP_STAGGER_S = 2.0
+# A run still running this long past its job's timeout lost its worker.
+ABANDON_GRACE_S = 120.0
+TRIM_EVERY_S = 3600.0
+# On taking over, slots this many ticks back are re-examined: the old
+# leader may have died before planning them.
+TAKEOVER_TICKS = 3
 
 
 class JobScheduler:
-    """Enqueues every job on its interval (with jitter), fanned out as declared."""
+    """Plans every job on each tick while leader; followers only keep trying."""
 
     def __init__(
         self,
@@ -31,67 +64,236 @@ class JobScheduler:
         jobs: Mapping[str, Job],
         actors: Actors,
         *,
+        leadership: Leadership | None = None,
         blocking: bool = False,
     ) -> None:
         self._runtime = runtime
         self._jobs = dict(jobs)
         self._actors = actors
+        self._leadership = leadership
+        self._leading = False
+        self._planned_until: dt.datetime | None = None
+        self._trimmed_at: dt.datetime | None = None
         scheduler_cls = BlockingScheduler if blocking else BackgroundScheduler
         self._aps: BaseScheduler = scheduler_cls(timezone=dt.UTC)
 
+    @property
+    def jobs(self) -> Mapping[str, Job]:
+        """The jobs this scheduler plans, by name."""
+        return dict(self._jobs)
+
+    @property
+    def tick_s(self) -> float:
+        """Seconds between ticks: the setting, or the shortest interval if shorter."""
+        intervals = [
+            self.interval_s(job) for job in self._jobs.values() if not job.cron
+        ]
+        return min([self._runtime.settings.scheduler_tick_s, *intervals])
+
     def start(self) -> None:
-        """Plan every job, first runs right after start-up; blocks if blocking."""
-        now = self._runtime.clock.now()
-        names = sorted(self._jobs, key=lambda n: (n != REFRESH_JOB, n))
-        for position, name in enumerate(names):
-            first_run = now + dt.timedelta(
-                seconds=STARTUP_DELAY_S + min(position, 1) * STARTUP_STAGGER_S
-            )
-            self._plan(self._jobs[name], first_run)
-        log.info("scheduler started with %d jobs", len(names))
+        """Tick now and then every :attr:`tick_s`; blocks if blocking."""
+        trigger = IntervalTrigger(seconds=self.tick_s, timezone=dt.UTC)
+        self._aps.add_job(
+            self.tick_all,
+            trigger,
+            id="plan",
+            name="plan",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=self._runtime.clock.now(),
+        )
+        log.info(
+            "scheduler started with %d jobs, ticking every %.1f s",
+            len(self._jobs),
+            self.tick_s,
+        )
         self._aps.start()
 
     def shutdown(self) -> None:
-        """Stop planning; runs already enqueued are left to the workers."""
+        """Stop planning and give up leadership; queued runs stay queued."""
         if self._aps.running:
-            self._aps.shutdown(wait=False)
+            self._aps.shutdown(wait=True)
+        if self._leadership is not None:
+            self._leadership.release()
+        job_metrics.SCHEDULER_LEADER.set(0)
         log.info("scheduler stopped")
 
     def interval_s(self, job: Job) -> float:
         """The job's interval, or the operator's override from the settings."""
         return float(self._runtime.settings.job_intervals.get(job.name, job.interval_s))
 
-    def tick(self, name: str) -> int:
-        """Enqueue the runs of job ``name`` due now; returns how many."""
-        job = self._jobs[name]
-        if job.fan_out is FanOut.ONCE:
-            self._actors.enqueue(job)
-            return 1
+    def schedule(self, job: Job) -> Schedule:
+        """The job's schedule with the operator's interval override applied."""
+        return job.schedule(self._runtime.settings.job_intervals.get(job.name))
 
-        characters = self._characters_for(job)
-        for character_id in characters:
-            self._actors.enqueue(job, character_id)
-        log.debug("job %r fanned out to %d characters", name, len(characters))
-        return len(characters)
+    def tick_all(self) -> int:
+        """One tick: check leadership, recover, plan every job; returns runs sent."""
+        now = self._runtime.clock.now()
+        job_metrics.SCHEDULER_HEARTBEAT.set(now.timestamp())
+        leading = self._leadership.check() if self._leadership is not None else True
+        job_metrics.SCHEDULER_LEADER.set(int(leading))
+        if not leading:
+            self._leading = False
+            return 0
 
-    def _plan(self, job: Job, first_run: dt.datetime) -> None:
-        interval = self.interval_s(job)
-        trigger = IntervalTrigger(
-            seconds=interval, jitter=min(job.jitter_s, interval) or None, timezone=dt.UTC
-        )
-        self._aps.add_job(
-            self.tick,
-            trigger,
-            args=[job.name],
-            id=job.name,
-            name=job.name,
-            next_run_time=first_run,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
-        log.info("job %r planned every %.0f s", job.name, interval, extra={"job": job.name})
+        since = self._since(now)
+        self.recover(now, takeover=not self._leading)
+        self._leading = True
+        sent = sum(self._plan_safely(name, now, since) for name in sorted(self._jobs))
+        self._planned_until = now
+        self._trim(now)
+        return sent
 
-    def _characters_for(self, job: Job) -> list[int]:
-        query = self._runtime.tokens.query().require_scopes(job.scopes)
-        return sorted({token.character_id for token in query})
+    def tick(self, name: str, now: dt.datetime | None = None) -> int:
+        """Enqueue the due runs of job ``name``; returns how many were sent."""
+        now = now or self._runtime.clock.now()
+        return self.plan(self._jobs[name], now, self._since(now))
+
+    def plan(self, job: Job, now: dt.datetime, since: dt.datetime) -> int:
+        """Queue and send the runs of ``job`` due at ``now``.
+
+        ``since`` is when planning last covered: a subject never run before
+        becomes due when its first slot passes after it.
+        """
+        templates = subjects(self._runtime, job)
+        schedule = self.schedule(job)
+        with self._runtime.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"esi-worker plan {job.name}",),
+            )
+            latest = latest_planned(conn, job.name)
+            due = [
+                run
+                for subject, template in templates.items()
+                if (
+                    run := self._due(
+                        job, schedule, template, latest.get(subject), now, since
+                    )
+                )
+                is not None
+            ]
+            queued = [(queue_run(conn, job.name, run, now), run) for run in due]
+
+        sent = [self._send(job, run_id, run) for run_id, run in queued if run_id]
+        if sent:
+            log.info(
+                "job %r: %d runs enqueued", job.name, len(sent), extra={"job": job.name}
+            )
+        return len(sent)
+
+    def recover(self, now: dt.datetime, *, takeover: bool = False) -> None:
+        """Close runs whose worker died; resend queued runs whose message got lost."""
+        with self._runtime.pool.connection() as conn:
+            self._close_abandoned(conn, now)
+            lost = self._maybe_lost(conn, now, takeover)
+            # Sent again at most once per requeue period, however long the queue.
+            touch_enqueued(conn, [record.id for record in lost], now)
+
+        for record in lost:
+            if record.job in self._jobs:
+                job = self._jobs[record.job]
+                self._actors.enqueue(job, record.character_id, run_id=record.id)
+        if lost:
+            log.info("sent %d queued runs again", len(lost))
+
+    def _close_abandoned(self, conn: Any, now: dt.datetime) -> None:
+        for job in self._jobs.values():
+            limit = now - dt.timedelta(seconds=job.timeout_s + ABANDON_GRACE_S)
+            if abandon_running(conn, job.name, limit, now):
+                log.warning(
+                    "job %r: runs without a result past the timeout closed as failed",
+                    job.name,
+                    extra={"job": job.name},
+                )
+
+    def _maybe_lost(
+        self, conn: Any, now: dt.datetime, takeover: bool
+    ) -> list[RunRecord]:
+        requeue_s = self._runtime.settings.job_requeue_after_s
+        lost = queued_before(conn, now - dt.timedelta(seconds=requeue_s))
+        if takeover:
+            # The old leader may have died between recording and sending.
+            recent = now - dt.timedelta(seconds=TAKEOVER_TICKS * self.tick_s)
+            lost += [
+                r
+                for r in queued_before(conn, now)
+                if r.enqueued and r.enqueued >= recent
+            ]
+        return lost
+
+    def _due(
+        self,
+        job: Job,
+        schedule: Schedule,
+        template: PlannedRun,
+        latest: RunRecord | None,
+        now: dt.datetime,
+        since: dt.datetime,
+    ) -> PlannedRun | None:
+        subject = template.subject
+        if latest is None:
+            if job.fan_out is FanOut.ONCE and not job.cron:
+                return replace(template, due=now)  # a new job runs at once
+            slot = schedule.latest_at_or_before(job.name, subject, now, since)
+            return replace(template, due=slot) if slot else None
+        if latest.state in (QUEUED, RUNNING):
+            return None  # no pile-ups: the subject's run is not done yet
+
+        if _next_due(job, schedule, latest) > now:
+            return None
+        slot = schedule.latest_at_or_before(job.name, subject, now, latest.due or now)
+        due = max(d for d in (latest.next_due, slot) if d is not None)
+        return replace(template, due=due, attempt=_attempt(latest))
+
+    def _send(self, job: Job, run_id: int, run: PlannedRun) -> int:
+        self._actors.enqueue(job, run.character_id, run_id=run_id)
+        return run_id
+
+    def _plan_safely(self, name: str, now: dt.datetime, since: dt.datetime) -> int:
+        try:
+            return self.plan(self._jobs[name], now, since)
+        except Exception:  # one broken job must not stop the others' plans
+            log.exception("planning job %r failed", name, extra={"job": name})
+            return 0
+
+    def _since(self, now: dt.datetime) -> dt.datetime:
+        if self._leading and self._planned_until is not None:
+            return self._planned_until
+        return now - dt.timedelta(seconds=TAKEOVER_TICKS * self.tick_s)
+
+    def _trim(self, now: dt.datetime) -> None:
+        if self._trimmed_at and (now - self._trimmed_at).total_seconds() < TRIM_EVERY_S:
+            return
+        self._trimmed_at = now
+        keep = dt.timedelta(days=self._runtime.settings.job_run_retention_days)
+        with self._runtime.pool.connection() as conn:
+            removed = trim_runs(conn, now - keep)
+        if removed:
+            log.info("trimmed %d run records older than %s", removed, keep)
+
+
+def next_run(runtime: Runtime, job: Job, now: dt.datetime) -> dt.datetime | None:
+    """The earliest next due time of ``job`` known from its run records.
+
+    ``None`` when the job has never been planned and waits for its first slot.
+    """
+    schedule = job.schedule(runtime.settings.job_intervals.get(job.name))
+    with runtime.pool.connection() as conn:
+        latest = latest_planned(conn, job.name)
+    if not latest:
+        return now if job.fan_out is FanOut.ONCE and not job.cron else None
+    return min(_next_due(job, schedule, record) for record in latest.values())
+
+
+def _next_due(job: Job, schedule: Schedule, latest: RunRecord) -> dt.datetime:
+    if latest.next_due is not None:
+        return latest.next_due
+    assert latest.due is not None
+    return schedule.next_after(job.name, latest.subject, latest.due)
+
+
+def _attempt(latest: RunRecord) -> int:
+    if latest.outcome == FAILURE and latest.next_due is not None:
+        return latest.attempt + 1
+    return latest.attempt if latest.outcome == DEFERRED else 0

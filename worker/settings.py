@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 
@@ -63,7 +64,35 @@ class Settings(BaseSettings):
     refresh_ahead_s: float = Field(default=300.0, ge=0)
     prune_grace_s: float = Field(default=7 * 86400.0, ge=0)
     # -- token lifecycle: login, encryption at rest --
+    # Fernet keys, newest first: the first encrypts, all decrypt. Given as a
+    # JSON list or comma-separated; empty means a key kept in data_dir.
+    token_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    pending_login_ttl_s: float = Field(default=600.0, gt=0)
+    login_timeout_s: float = Field(default=300.0, gt=0)
+
+    @field_validator("token_keys", mode="before")
+    @classmethod
+    def _split_token_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     # -- ESI protocol: spec loading, limits --
+    # Where the spec comes from: "auto" tries ESI's live OpenAPI spec, then
+    # the legacy swagger.json, then the bundled snapshot.
+    esi_spec_source: str = Field(
+        default="auto", pattern=r"^(auto|openapi|swagger|bundled)$"
+    )
+    esi_spec_max_age_s: float = Field(default=3600.0, ge=0)
+    esi_parse_formats: bool = False  # dates as datetime, as bravado does (slow)
+    esi_error_budget: int = Field(default=100, ge=1)
+    esi_error_limit_threshold: int = Field(default=20, ge=0)
+    esi_rate_limit_margin: float = Field(default=0.05, ge=0, lt=1)
+    esi_limit_max_wait_s: float = Field(default=900.0, ge=0)
+    esi_page_consistency_retries: int = Field(default=3, ge=0)
 
     # -- worker and scheduler --
     worker_threads: int = Field(default=8, ge=1)
@@ -75,7 +104,24 @@ class Settings(BaseSettings):
     type_ids: list[int] = Field(default_factory=lambda: [34, 35, 36, 37, 38, 39, 40])
     log_level: str = "INFO"
     # -- jobs and scheduling --
+    # ESI's daily downtime (HH:MM-HH:MM, UTC; empty: none): runs are deferred.
+    esi_downtime_utc: str = Field(
+        default="11:00-11:15",
+        pattern=r"^(|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$",
+    )
+    scheduler_tick_s: float = Field(default=5.0, gt=0)
+    scheduler_lock_key: int = 0x45534957  # "ESIW": the advisory lock of the leader
+    job_requeue_after_s: float = Field(default=900.0, gt=0)
+    job_run_retention_days: float = Field(default=30.0, gt=0)
+    esi_status_check: bool = True
+    esi_status_max_age_s: float = Field(default=60.0, ge=0)
     # -- observability --
+    # Idle time after which SSO is reported to refuse a refresh token
+    # (about 30 days, unverified); drives esi_worker_tokens_expiring.
+    token_idle_expiry_s: float = Field(default=30 * 86400.0, gt=0)
+    # Where `worker --processes N` keeps prometheus-client's per-process
+    # files; unset = a fresh temporary directory per launch.
+    metrics_multiproc_dir: Path | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

@@ -196,3 +196,27 @@ def recording_server() -> Iterator[RecordingServer]:
     """A server that records request headers (the emulator keeps none)."""
     with RecordingServer() as server:
         yield server
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own, removed afterwards."""
+    import secrets
+
+    import redis
+
+    prefix = f"esi-worker-test:{secrets.token_hex(4)}:"
+    yield prefix
+    server = redis.Redis.from_url(REDIS_URL)
+    for key in server.scan_iter(f"{prefix}*"):
+        server.delete(key)
+    server.close()
+
+
+@pytest.fixture
+def token_of(emulator: Emulator) -> Callable[[int, list[str]], StaticToken]:
+    """Issues a token of the given character holding the given scopes."""
+    return lambda character_id, scopes: issue_token(emulator, scopes, character_id)

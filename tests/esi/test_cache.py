@@ -12,12 +12,13 @@ import redis
 
 from worker import metrics
 from worker.clock import FrozenClock
-from worker.errors import ConfigurationError
+from worker.errors import ConfigurationError, HTTPError
 from worker.esi import MemoryCache, RedisCache, cache_from_settings, esi_client_factory
 from worker.esi.cache import CachedResponse, cache_key, freshness_s
 from worker.settings import Settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+ASSETS_SCOPE = "esi-assets.read_assets.v1"
 NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.UTC)
 DATE = "Fri, 02 Jan 2026 12:00:00 GMT"
 
@@ -226,7 +227,8 @@ def test_answer_without_lifetime_is_not_cached(esi_settings, recording_server) -
         "application/json",
         b'{"players": 1, "server_version": "1", "start_time": "2020-01-01T00:00:00Z"}',
     )
-    settings = esi_settings.replace(esi_base_url=recording_server.base_url)
+    settings = esi_settings.replace(
+        esi_base_url=recording_server.base_url, esi_spec_source="bundled")
     cache = MemoryCache()
     client = esi_client_factory(settings=settings, cache=cache)
 
@@ -327,3 +329,29 @@ def test_cache_key_never_holds_the_token_and_separates_characters() -> None:
     assert "secret" not in key(query={"token": "secret"})
     assert key(character_id=1) != key(character_id=2)
     assert key(headers=[("Accept-Language", "fr")]) != key()
+
+
+
+def test_cached_authed_answer_is_never_given_to_another_character(
+    emulator, esi_settings, token_of
+) -> None:
+    # given one character's assets in a shared cache
+    cache = MemoryCache()
+    first = token_of(2112000001, [ASSETS_SCOPE])
+    other = token_of(2112000002, [ASSETS_SCOPE])
+    mine = esi_client_factory(first, settings=esi_settings, cache=cache)
+    mine.Assets.get_characters_character_id_assets(
+        character_id=first.character_id
+    ).results()
+    sent = emulator.stats()["esi_requests"]
+
+    # when another character asks for that character's assets
+    theirs = esi_client_factory(other, settings=esi_settings, cache=cache)
+    with pytest.raises(HTTPError) as caught:
+        theirs.Assets.get_characters_character_id_assets(
+            character_id=first.character_id
+        ).results()
+
+    # then ESI was asked (and refused), the cache answered nothing
+    assert caught.value.status == 403
+    assert emulator.stats()["esi_requests"] == sent + 1

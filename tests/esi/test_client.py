@@ -36,14 +36,31 @@ def test_package_exports_the_django_esi_names() -> None:
 
 
 def test_client_from_bundled_spec_points_at_configured_esi(
-    client: SwaggerClient, esi_settings: Settings
+    esi_settings: Settings,
 ) -> None:
-    # given a client built from the bundled spec (fixture)
+    # given settings that name the bundled spec as the source
+    settings = esi_settings.replace(esi_spec_source="bundled")
 
-    # when / then
+    # when
+    client = esi_client_factory(settings=settings, cache=MemoryCache())
+
+    # then
     assert isinstance(client, SwaggerClient)
     assert client.swagger_spec.api_url == f"{esi_settings.esi_base_url}/latest"
     assert {"Market", "Universe", "Assets", "Status"} <= set(dir(client))
+
+
+def test_default_client_uses_the_live_openapi_spec_on_unversioned_paths(
+    client: SwaggerClient, esi_settings: Settings, emulator
+) -> None:
+    # given a client built with the default sources (fixture)
+
+    # when
+    client.Status.get_status().result()
+
+    # then
+    assert client.swagger_spec.api_url == f"{esi_settings.esi_base_url}/"
+    assert list(emulator.stats()["esi_requests_by_path"]) == ["/status"]
 
 
 def test_client_from_spec_file_answers_calls(

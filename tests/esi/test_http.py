@@ -19,7 +19,8 @@ ACCESS_TOKEN = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LWFjY2Vzcy10b2tlbg.c2lnbmF0dXJl"
 def wire_client(esi_settings, recording_server, static_token):
     """A client with a token, talking to the header-recording server."""
     token = static_token(PILOT_ID, ("esi-assets.read_assets.v1",), ACCESS_TOKEN)
-    settings = esi_settings.replace(esi_base_url=recording_server.base_url)
+    settings = esi_settings.replace(
+        esi_base_url=recording_server.base_url, esi_spec_source="bundled")
     recording_server.reply = (200, "application/json", b"[]")
     return esi_client_factory(
         token,
@@ -148,7 +149,9 @@ def test_non_json_error_body_is_kept_as_text(wire_client, recording_server) -> N
 
 def test_connection_errors_are_retried_then_raised(esi_settings) -> None:
     # given ESI where nothing listens, and a clock that takes the backoff instantly
-    settings = esi_settings.replace(esi_base_url="http://127.0.0.1:1", esi_retries=2)
+    settings = esi_settings.replace(
+        esi_base_url="http://127.0.0.1:1", esi_retries=2, esi_spec_source="bundled"
+    )
     clock = FrozenClock()
     client = esi_client_factory(settings=settings, cache=MemoryCache(), clock=clock)
     start = clock.time()
@@ -186,7 +189,9 @@ def test_paged_route_without_x_pages_gives_one_page(wire_client, recording_serve
 def test_pages_in_flight_never_exceed_the_setting(esi_settings, recording_server):
     # given six pages, served slowly enough for requests to overlap
     settings = esi_settings.replace(
-        esi_base_url=recording_server.base_url, esi_page_concurrency=2
+        esi_base_url=recording_server.base_url,
+        esi_page_concurrency=2,
+        esi_spec_source="bundled",
     )
     recording_server.reply = (200, "application/json", b"[7]")
     recording_server.headers = {"X-Pages": "6"}

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from collections.abc import Callable
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from worker.clock import FrozenClock
+from worker.sso import SSOClient
 from worker.tokens import Token, TokenStore
 
 CHARACTER_ID = 2112000001
@@ -18,6 +25,63 @@ SKILLS = "esi-skills.read_skills.v1"
 WALLET = "esi-wallet.read_character_wallet.v1"
 
 _serial = itertools.count(1)
+
+
+CHILD = Path(__file__).with_name("refresh_child.py")
+
+
+@pytest.fixture(autouse=True)
+def clean_token_side_tables(clean_db) -> None:
+    """Empty the refresh journal and prune record (not in clean_db's list)."""
+    with clean_db.connection() as conn:
+        conn.execute("TRUNCATE esi_token_refresh_journal, esi_token_pruned")
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def frozen_store(settings, clean_db, clock) -> Iterator[TokenStore]:
+    """A store whose clock only moves when the test says so."""
+    sso = SSOClient(settings, clock=clock)
+    store = TokenStore(clean_db, sso, settings, clock=clock)
+    yield store
+    store.close()
+    sso.close()
+
+
+@pytest.fixture
+def child(settings) -> Callable[..., subprocess.Popen[str]]:
+    """Start ``refresh_child.py`` in its own process, on the test settings."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(mode: str, *args: Any) -> subprocess.Popen[str]:
+        config = {
+            "database_url": settings.database_url,
+            "data_dir": str(settings.data_dir),
+            "sso_base_url": settings.sso_base_url,
+            "esi_base_url": settings.esi_base_url,
+            "sso_client_id": settings.sso_client_id,
+            "sso_client_secret": settings.sso_client_secret.get_secret_value(),
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
+        proc = subprocess.Popen(
+            [sys.executable, str(CHILD), mode, json.dumps(config), *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
 
 
 @pytest.fixture

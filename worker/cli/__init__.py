@@ -100,13 +100,20 @@ def run(
 
 
 @main.command()
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes to start; their metrics are served as one endpoint.",
+)
 @click.pass_context
 @friendly_errors
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, processes: int) -> None:
     """Run a worker process (needs a database URL and a broker URL)."""
     from ..runner import run_worker
 
-    run_worker(settings_of(ctx))
+    run_worker(settings_of(ctx), processes)
 
 
 @main.command()
@@ -136,6 +143,7 @@ def _attach_command_families() -> None:
 
     main.add_command(tokens)
     main.add_command(jobs)
+    main.add_command(__import__(f"{__name__}.login", fromlist=["login"]).login)
 
 
 _attach_command_families()

@@ -1,49 +1,174 @@
-"""``esi-worker jobs``: list and run jobs."""
+"""``esi-worker jobs``: list, run, inspect runs, scaffold a plugin."""
 
 from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import friendly_errors, settings_of
 
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..runtime import Runtime
+
 
 @click.group()
 def jobs() -> None:
-    """Inspect and run jobs."""
+    """Inspect, run and create jobs."""
 
 
 @jobs.command("list")
 @click.pass_context
 @friendly_errors
 def jobs_list(ctx: click.Context) -> None:
-    """List every registered job, with broken plugins and why."""
+    """List every job: source package, schedule, scopes, fan-out, next run.
+
+    Broken plugins are listed with the reason they could not be loaded.
+    """
     from ..jobs import JobRegistry
 
     settings = settings_of(ctx)
-    found, failures = JobRegistry().load_all()
+    registry = JobRegistry()
+    found, failures = registry.load_all()
+    next_runs = _next_runs(ctx, found)
+    click.echo(
+        f"{'JOB':<22} {'SOURCE':<26} {'SCHEDULE':<26} {'FAN-OUT':<16} "
+        f"{'NEXT RUN':<20} SCOPES"
+    )
     for name, job in sorted(found.items()):
-        every = settings.job_intervals.get(name, job.interval_s)
-        scopes = " ".join(job.scopes) or "-"
+        schedule = job.schedule(settings.job_intervals.get(name)).describe()
+        disabled = " (disabled)" if name in settings.disabled_jobs else ""
         click.echo(
-            f"{name:<20} {job.source:<28} every {every:>7.0f} s  {job.fan_out:<13} {scopes}"
+            f"{name:<22} {registry.source(name):<26} {schedule:<26} "
+            f"{job.fan_out.value:<16} {next_runs.get(name, '-'):<20} "
+            f"{' '.join(job.token_scopes) or '-'}{disabled}"
         )
     for name, reason in sorted(failures.items()):
-        click.echo(f"{name:<20} BROKEN: {reason}")
+        click.echo(f"{name:<22} BROKEN: {reason}")
 
 
 @jobs.command("run")
 @click.argument("name")
-@click.option("--character", "character_id", type=int, default=None)
+@click.option(
+    "--character",
+    "character_id",
+    type=int,
+    default=None,
+    help="Run for this character (its token is looked up now).",
+)
 @click.pass_context
 @friendly_errors
 def jobs_run(ctx: click.Context, name: str, character_id: int | None) -> None:
-    """Run job NAME once, now, in this process."""
+    """Run job NAME once, now, in this process, and record the run."""
     from ..jobs import JobRegistry
     from ..runner import open_runtime
     from ..runs import execute_job
 
     with open_runtime(settings_of(ctx)) as runtime:
         outcome = execute_job(runtime, JobRegistry(), name, character_id)
-    click.echo(f"{name}: {outcome}")
+        run = _recent(runtime, 1, job=name)
+    detail = f" ({run[0]['error']})" if run and run[0]["error"] else ""
+    click.echo(f"{name}: {outcome}{detail}")
     if outcome == "failure":
         ctx.exit(1)
+
+
+@jobs.command("runs")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--failures", is_flag=True, help="Only runs that failed.")
+@click.option("--job", "job_name", default=None, help="Only runs of this job.")
+@click.pass_context
+@friendly_errors
+def jobs_runs(
+    ctx: click.Context, limit: int, failures: bool, job_name: str | None
+) -> None:
+    """Show the newest runs (and failures, with their error)."""
+    from ..runner import open_runtime
+
+    with open_runtime(settings_of(ctx)) as runtime:
+        rows = _recent(runtime, limit, failures_only=failures, job=job_name)
+    click.echo(
+        f"{'ID':>7} {'JOB':<22} {'FOR':>12} {'STARTED':<20} {'SECONDS':>8} "
+        f"{'OUTCOME':<9} {'PAGES':>5} {'ITEMS':>7} {'CALLS':>5} {'HITS':>5}"
+    )
+    for row in rows:
+        click.echo(_run_line(row))
+        if row["error"] and row["outcome"] in ("failure", "deferred", "skipped"):
+            click.echo(f"{'':>8}{row['error']}")
+
+
+@jobs.command("new")
+@click.argument("name")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create it.",
+)
+@friendly_errors
+def jobs_new(name: str, directory: Path) -> None:
+    """Create a plugin package for a new job NAME, with a test."""
+    from ..scaffold import create_plugin
+
+    root = create_plugin(name, directory)
+    click.echo(f"created {root}")
+    click.echo(f"next: pip install -e '{root}[test]' && pytest {root}")
+
+
+def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
+    # The next run comes from the run records; without a database, none.
+    import psycopg
+
+    from ..errors import WorkerError
+    from ..runner import open_runtime
+    from ..scheduler import next_run
+
+    settings = settings_of(ctx)
+    if not settings.database_url:
+        return {}
+    try:
+        with open_runtime(settings) as runtime:
+            now = runtime.clock.now()
+            return {
+                name: _when(next_run(runtime, job, now), now)
+                for name, job in found.items()
+            }
+    except (WorkerError, psycopg.Error) as exc:
+        click.echo(
+            f"(next runs unknown: {type(exc).__name__}; run 'esi-worker migrate'?)",
+            err=True,
+        )
+        return {}
+
+
+def _when(instant: dt.datetime | None, now: dt.datetime) -> str:
+    if instant is None:
+        return "first slot"
+    if instant <= now:
+        return "due now"
+    return f"{instant:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _recent(runtime: Runtime, limit: int, **filters: Any) -> list[dict[str, Any]]:
+    from ..jobs.records import recent_runs
+
+    with runtime.pool.connection() as conn:
+        return recent_runs(conn, limit, **filters)
+
+
+def _run_line(row: dict[str, Any]) -> str:
+    started, finished = row["started"], row["finished"]
+    seconds = (
+        f"{(finished - started).total_seconds():.2f}" if started and finished else "-"
+    )
+    subject = row["character_id"] or row["corporation_id"] or "-"
+    when = f"{started:%Y-%m-%d %H:%M:%S}" if started else f"({row['state']})"
+    return (
+        f"{row['id']:>7} {row['job']:<22} {subject!s:>12} {when:<20} {seconds:>8} "
+        f"{row['outcome'] or row['state']:<9} {row['pages']:>5} {row['items']:>7} "
+        f"{row['esi_calls']:>5} {row['cache_hits']:>5}"
+    )

@@ -1,4 +1,4 @@
-"""``esi-worker tokens``: inspect and refresh stored tokens."""
+"""``esi-worker tokens``: inspect, refresh, revoke, import and re-encrypt tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from . import friendly_errors, settings_of
 
 @click.group()
 def tokens() -> None:
-    """Inspect and refresh stored tokens."""
+    """Inspect and manage stored tokens (never showing their secrets)."""
 
 
 @tokens.command("list")
@@ -34,6 +34,54 @@ def tokens_list(ctx: click.Context, show_all: bool) -> None:
             )
 
 
+@tokens.command("show")
+@click.argument("token_id", type=int)
+@click.pass_context
+@friendly_errors
+def tokens_show(ctx: click.Context, token_id: int) -> None:
+    """Show one token: character, state and why, scopes, refresh history."""
+    from ..runner import open_runtime
+
+    with open_runtime(settings_of(ctx)) as runtime:
+        token = runtime.tokens.get(token_id)
+        if token is None:
+            raise click.ClickException(f"no token with id {token_id}")
+        rows = [
+            ("id", token.id),
+            ("character", f"{token.character_id} ({token.character_name})"),
+            ("user", token.user_id or "-"),
+            ("state", token.state),
+            ("state reason", token.state_reason or "-"),
+            ("state changed", token.state_changed or "-"),
+            ("access expires", token.access_expires),
+            ("refreshable", "yes" if token.refresh_token else "no"),
+            ("refresh failures", token.refresh_failures),
+            ("last refresh error", token.last_refresh_error or "-"),
+            ("next refresh attempt", token.next_refresh_attempt or "-"),
+            ("created", token.created),
+            ("scopes", " ".join(token.scopes) or "-"),
+        ]
+        for label, value in rows:
+            click.echo(f"{label + ':':<22}{value}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+@click.option("--reason", default="revoked by the operator", show_default=True)
+@click.pass_context
+@friendly_errors
+def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
+    """Revoke a token at the SSO and mark it revoked (kept until pruned)."""
+    from ..runner import open_runtime
+
+    with open_runtime(settings_of(ctx)) as runtime:
+        token = runtime.tokens.get(token_id)
+        if token is None:
+            raise click.ClickException(f"no token with id {token_id}")
+        revoked = runtime.tokens.revoke(token, reason=reason)
+        click.echo(f"token {revoked.id} is {revoked.state}: {revoked.state_reason}")
+
+
 @tokens.command("refresh")
 @click.pass_context
 @friendly_errors
@@ -43,3 +91,38 @@ def tokens_refresh(ctx: click.Context) -> None:
 
     with open_runtime(settings_of(ctx)) as runtime:
         click.echo(str(runtime.tokens.refresh_due()))
+
+
+@tokens.command("import-django-esi")
+@click.option(
+    "--from", "source", required=True, help="PostgreSQL URL of the django-esi database."
+)
+@click.pass_context
+@friendly_errors
+def tokens_import(ctx: click.Context, source: str) -> None:
+    """Import every token of a django-esi database (all or nothing; re-runnable)."""
+    from ..django_import import import_django_esi
+    from ..runner import open_runtime
+
+    with open_runtime(settings_of(ctx)) as runtime:
+        click.echo(str(import_django_esi(source, runtime.tokens)))
+
+
+@tokens.command("reencrypt")
+@click.pass_context
+@friendly_errors
+def tokens_reencrypt(ctx: click.Context) -> None:
+    """Encrypt every secret with the first key of ESI_WORKER_TOKEN_KEYS."""
+    from ..runner import open_runtime
+
+    with open_runtime(settings_of(ctx)) as runtime:
+        count = runtime.tokens.reencrypt()
+        click.echo(f"re-encrypted the secrets of {count} tokens")
+
+
+@tokens.command("new-key")
+def tokens_new_key() -> None:
+    """Print a fresh key to put first in ESI_WORKER_TOKEN_KEYS."""
+    from ..crypto import TokenCipher
+
+    click.echo(TokenCipher.new_key())

@@ -56,6 +56,9 @@ class EmulatorConfig:
     error_budget: int = 100
     bucket_overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
     esi_faults: tuple[Mapping[str, Any], ...] = ()
+    esi_mutations: tuple[Mapping[str, Any], ...] = ()
+    legacy_swagger: bool = True
+    cursor_records: int = 250
 
     def __post_init__(self) -> None:
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -78,6 +81,10 @@ class EmulatorConfig:
             _check_sso_fault(fault)
         for fault in self.esi_faults:
             _check_esi_fault(fault)
+        for mutation in self.esi_mutations:
+            _check_esi_mutation(mutation)
+        if not 0 <= self.cursor_records <= 100_000:
+            raise ConfigurationError("cursor_records must be 0..100000")
         for group, limit in self.bucket_overrides.items():
             parse_limit(limit, what=f"bucket_overrides[{group!r}]")
         if not self.compatibility_dates:
@@ -136,7 +143,7 @@ def _coerce(switches: dict[str, Any]) -> dict[str, Any]:
     out = dict(switches)
     if "owner_changes" in out:
         out["owner_changes"] = frozenset(int(c) for c in out["owner_changes"] or ())
-    for name in ("sso_faults", "esi_faults"):
+    for name in ("sso_faults", "esi_faults", "esi_mutations"):
         if name in out:
             out[name] = tuple(dict(f) for f in out[name] or ())
     if "compatibility_dates" in out:
@@ -173,3 +180,18 @@ def _check_esi_fault(fault: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"esi fault status must be an HTTP status: {fault!r}")
     if int(fault.get("count", 1)) < 1:
         raise ConfigurationError(f"esi fault count must be >= 1: {fault!r}")
+
+
+def _check_esi_mutation(mutation: Mapping[str, Any]) -> None:
+    if not isinstance(mutation, Mapping) or "path_contains" not in mutation:
+        raise ConfigurationError(
+            f"an esi_mutations entry needs a 'path_contains': {mutation!r}"
+        )
+    bump_after = mutation.get("bump_after")
+    if bump_after is not None and (not isinstance(bump_after, int) or bump_after < 1):
+        raise ConfigurationError(f"esi mutation bump_after must be >= 1: {mutation!r}")
+    stable = mutation.get("stable_pages", ())
+    if not all(isinstance(p, int) and p >= 1 for p in stable):
+        raise ConfigurationError(
+            f"esi mutation stable_pages must be page numbers: {mutation!r}"
+        )

@@ -19,13 +19,16 @@ from .cache import (
     cache_headers,
     etag_matches,
     make_etag,
+    mutate,
 )
 from .config import parse_limit
+from . import cursor, synthetic
 from .limits import BucketLimiter, ErrorLimiter
 from .messages import (
     Request,
     Response,
     error_response,
+    http_date,
     json_bytes_response,
     json_response,
     text_response,
@@ -37,6 +40,8 @@ from .state import EmulatorState
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "en-us", "de", "fr", "ja", "ru", "zh", "ko", "es")
+_OPENAPI_DOCUMENTS = {"/meta/openapi.json": "3.1.0", "/meta/openapi-3.0.json": "3.0.3"}
+_SPEC_PUBLISHED_S = 1_765_843_200.0  # 2025-12-16, the newest default date
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -103,7 +108,10 @@ class ESIService:
 
         self._limit_headers(call, response, bucket, remain <= 0)
         response.headers.append(("X-Esi-Request-Id", str(uuid.uuid4())))
-        self._state.stats.esi_request(request.path, response.status)
+        if version is None and bare.startswith("/meta/") or bare == "/swagger.json":
+            self._state.stats.spec_request(request.path, response.status)
+        else:
+            self._state.stats.esi_request(request.path, response.status)
         return response
 
     def _answer(self, call: _Call, version: str | None, bare: str) -> Response:
@@ -134,9 +142,18 @@ class ESIService:
         if request.method != "GET":
             return None
         if version is not None and bare == "/swagger.json":
+            if not self._state.switches.legacy_swagger:
+                # Today's ESI: the Swagger files are gone (ESI.md 3.1b).
+                return text_response(404, "404 page not found")
             return json_bytes_response(200, self._documents.swagger(version))
-        if version is None and bare == "/meta/openapi.json":
+        if version is None and bare in _OPENAPI_DOCUMENTS:
+            return self._live_spec(request, _OPENAPI_DOCUMENTS[bare])
+        if version is None and bare == "/meta/openapi-sample.json":
             return json_bytes_response(200, self._documents.openapi())
+        if version is None:
+            synthetic = cursor.answer(request, self._state.switches.cursor_records)
+            if synthetic is not None:
+                return synthetic
         if version is None and bare == "/meta/compatibility-dates":
             dates = sorted(self._state.switches.compatibility_dates, reverse=True)
             return json_response(
@@ -145,6 +162,31 @@ class ESIService:
                 [("Cache-Control", "public, max-age=600")],
             )
         return None
+
+    def _live_spec(self, request: Request, openapi_version: str) -> Response:
+        """The full spec; answers 304 to its ETag like any cached route."""
+        dates = tuple(sorted(self._state.switches.compatibility_dates, reverse=True))
+        asked = request.query.get("compatibility_date") or request.header(
+            "X-Compatibility-Date"
+        )
+        if asked is not None and asked not in dates:
+            asked = max((d for d in dates if d <= asked), default=None)
+            if asked is None:
+                return error_response(400, "Invalid compatibility date")
+        body = self._documents.live(openapi_version, dates, self._rate_limit_for)
+        etag = make_etag(None, body, 0.0)
+        headers = [
+            ("ETag", etag),
+            ("Last-Modified", http_date(_SPEC_PUBLISHED_S)),
+            ("Cache-Control", "public, max-age=300"),
+        ]
+        if etag_matches(request.header("If-None-Match"), etag):
+            return Response(304, headers, b"")
+        return json_bytes_response(200, body, headers)
+
+    def _rate_limit_for(self, operation_id: str) -> tuple[str, str] | None:
+        op = self._table.by_id.get(operation_id)
+        return self._rate_limit_of(op) if op is not None else None
 
     def _not_found(self, version: str | None, bare: str) -> Response:
         if self._table.path_exists(bare):
@@ -186,7 +228,7 @@ class ESIService:
         return None
 
     def _check_fault(self, call: _Call) -> Response | None:
-        fault = self._state.take_esi_fault(call.request.path)
+        fault = self._state.take_esi_fault(_slashed(call.request.path))
         if fault is None:
             return None
         headers = []
@@ -250,6 +292,8 @@ class ESIService:
             language = normalize_language(language_tag)
 
         found = self._library.find(op.operation_id, call.match.path_params, language)
+        if found is None and _is_synthetic_market(op, call.match.path_params):
+            found = (synthetic.market_snapshot(), None)
         if found is None:
             return error_response(
                 404, "Not found: the emulator has no recording for this request"
@@ -269,10 +313,17 @@ class ESIService:
             or DEFAULT_LIFETIME_S
         )
         key = (op.operation_id, tuple(sorted(call.match.path_params.items())), served)
-        now, start, end = self.generations.current(key, lifetime)
+        gen = self.generations.current(key, lifetime)
+        mutation = self._mutation(request.path)
+        body, etag = recording.body, None
+        if mutation is not None:
+            self.generations.served(
+                key, mutation.get("bump_after"), int(mutation.get("bumps", 1))
+            )
+            body, etag = mutate(body, gen.number, page in mutation["stable_pages"])
 
-        etag = make_etag(recording.headers.get("etag"), recording.body, start)
-        headers = cache_headers(now, start, end, etag, private=op.authed)
+        etag = etag or make_etag(recording.headers.get("etag"), body, gen.start)
+        headers = cache_headers(gen.now, gen.start, gen.end, etag, private=op.authed)
         if op.paged:
             headers.append(("X-Pages", str(snapshot.page_count)))
         if op.localized:
@@ -283,7 +334,13 @@ class ESIService:
             request.header("If-None-Match"), etag
         ):
             return Response(304, headers, b"")
-        return json_bytes_response(recording.status, recording.body, headers)
+        return json_bytes_response(recording.status, body, headers)
+
+    def _mutation(self, path: str) -> dict[str, Any] | None:
+        for mutation in self._state.switches.esi_mutations:
+            if str(mutation["path_contains"]) in _slashed(path):
+                return {**mutation, "stable_pages": set(mutation.get("stable_pages", ()))}
+        return None
 
     # -- limits ------------------------------------------------------------
 
@@ -355,6 +412,18 @@ class ESIService:
         if call.character_id is not None:
             return group, f"character:{call.character_id}"
         return group, f"ip:{call.request.client_ip}"
+
+
+def _is_synthetic_market(op: Operation, path_params: dict[str, str]) -> bool:
+    return (
+        op.operation_id == "get_markets_region_id_orders"
+        and path_params.get("region_id") == synthetic.SYNTHETIC_REGION
+    )
+
+
+def _slashed(path: str) -> str:
+    """The path with a trailing slash, so Swagger-era fault paths match both."""
+    return path if path.endswith("/") else path + "/"
 
 
 def _scopes_of(claims: dict[str, Any]) -> set[str]:

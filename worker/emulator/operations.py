@@ -9,9 +9,11 @@ import json
 import re
 import threading
 from importlib import resources
+from collections.abc import Callable
 from typing import Any
 
 from .config import parse_limit
+from .livespec import live_openapi
 
 _VERSION_RE = re.compile(r"^/(latest|legacy|dev|_latest|v\d+)(/.*)?$")
 _CACHED_RE = re.compile(r"cached for up to (\d+) seconds")
@@ -138,6 +140,38 @@ class SpecDocuments:
                 doc["servers"] = [{"url": self._base_url}]
                 self._cache["openapi"] = json.dumps(doc).encode("utf-8")
             return self._cache["openapi"]
+
+    def live(
+        self,
+        openapi_version: str,
+        dates: tuple[str, ...],
+        rate_limit: Callable[[str], tuple[str, str] | None],
+    ) -> bytes:
+        """Today's full OpenAPI spec (see :mod:`.livespec`), serialised once."""
+        key = f"live:{openapi_version}:{','.join(dates)}"
+        with self._lock:
+            if key not in self._cache:
+                doc = live_openapi(
+                    _converted_spec(),
+                    self._table.openapi,
+                    base_url=self._base_url,
+                    dates=dates,
+                    openapi_version=openapi_version,
+                    rate_limit=rate_limit,
+                    cache_age=self._cache_age,
+                )
+                self._cache[key] = json.dumps(doc).encode("utf-8")
+            return self._cache[key]
+
+    def _cache_age(self, operation_id: str) -> int | None:
+        op = self._table.by_id.get(operation_id)
+        return op.cached_seconds if op is not None else None
+
+
+@functools.lru_cache(maxsize=1)
+def _converted_spec() -> dict[str, Any]:
+    specs = resources.files("worker").joinpath("esi", "specs")
+    return json.loads(specs.joinpath("swagger-openapi3.json").read_text("utf-8"))
 
 
 @functools.lru_cache(maxsize=1)

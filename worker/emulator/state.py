@@ -31,6 +31,7 @@ class Stats:
             self._esi_total = 0
             self._by_status: collections.Counter[int] = collections.Counter()
             self._by_path: collections.Counter[str] = collections.Counter()
+            self._spec_documents: collections.Counter[str] = collections.Counter()
 
     @contextmanager
     def sso_token_request(self) -> Iterator[int]:
@@ -58,6 +59,11 @@ class Stats:
             self._by_status[status] += 1
             self._by_path[path] += 1
 
+    def spec_request(self, path: str, status: int) -> None:
+        """Count one spec or meta document served (not an ESI route call)."""
+        with self._lock:
+            self._spec_documents[f"{path} {status}"] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """A copy of every counter."""
         with self._lock:
@@ -68,6 +74,7 @@ class Stats:
                 "esi_requests": self._esi_total,
                 "esi_requests_by_status": dict(self._by_status),
                 "esi_requests_by_path": dict(self._by_path),
+                "spec_requests": dict(self._spec_documents),
             }
 
 

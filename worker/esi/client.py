@@ -22,7 +22,9 @@ from ..settings import Settings
 from .cache import ResponseCache, cache_from_settings
 from .futures import CachingHttpFuture
 from .http import EsiHttpClient
+from .limits import Limiter
 from .operations import TokenLike
+from .openapi import ALIAS_KEY, pascal_case, snake_case
 from .spec import api_url, check_version, load_spec
 
 if TYPE_CHECKING:
@@ -75,10 +77,18 @@ class EsiResource:
         self.url = url
 
     def __getattr__(self, name: str) -> EsiOperation:
-        return EsiOperation(getattr(self.resource, name), self.client, self.url)
+        operation = self.resource.operations.get(name)
+        if operation is None:
+            operation = self.resource.operations.get(snake_case(name))
+        if operation is None:
+            raise AttributeError(
+                f"ESI resource {self.resource.name} has no operation {name!r}"
+            )
+        return EsiOperation(operation, self.client, self.url)
 
     def __dir__(self) -> list[str]:
-        return list(self.resource.__dir__())
+        names = list(self.resource.operations)
+        return names + [pascal_case(name) for name in names]
 
 
 class EsiOperation(CallableOperation):
@@ -100,6 +110,9 @@ class EsiOperation(CallableOperation):
                 "token to esi_client_factory(token=...) so it is sent as a header"
             )
         http = self.client.http_client
+        language = self.operation.params.get("language")
+        if "language" in op_kwargs and language and ALIAS_KEY in language.param_spec:
+            op_kwargs.setdefault("Accept_Language", op_kwargs["language"])
         if "datasource" in self.operation.params:
             op_kwargs.setdefault("datasource", http.datasource)
         log.debug(
@@ -142,6 +155,7 @@ def esi_client_factory(
     settings: Settings | None = None,
     cache: ResponseCache | None = None,
     clock: Clock | None = None,
+    limiter: Limiter | None = None,
     **resource_versions: str,
 ) -> SwaggerClient:
     """A bravado client for ESI, as django-esi's factory makes one.
@@ -155,6 +169,8 @@ def esi_client_factory(
     :param app_info_text: put in front of the User-Agent.
     :param settings: the current runtime's, else ``Settings.from_env()``.
     :param cache: the current runtime's, else the process-wide one.
+    :param limiter: shares ESI's limits; the process-wide one (in Redis when
+        ``settings.redis_url`` is set) when ``None``.
     :param resource_versions: a route version per resource, e.g.
         ``Character="v5"``.
     :raises SpecError: the spec file cannot be read or built.
@@ -162,9 +178,11 @@ def esi_client_factory(
     """
     settings, cache, clock = _resolve(settings, cache, clock)
     spec = load_spec(
-        settings.esi_base_url,
+        settings,
         version=version,
-        spec_file=spec_file if spec_file is not None else settings.esi_spec_file,
+        spec_file=spec_file,
+        versioned=version is not None or bool(resource_versions),
+        clock=clock,
     )
     http = EsiHttpClient(
         settings,
@@ -173,6 +191,7 @@ def esi_client_factory(
         app_info_text=app_info_text,
         cache=cache,
         clock=clock,
+        limiter=limiter,
     )
     urls = _resource_urls(spec, settings.esi_base_url, resource_versions)
     return EsiSwaggerClient(spec, http, resource_urls=urls)

@@ -7,9 +7,10 @@ and its siblings send (or answer from the cache) when asked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ from bravado.config import RequestConfig
 from bravado.http_future import FutureAdapter, HttpFuture
 from bravado_core.operation import Operation
 
-from .. import metrics
+from ..errors import PagesInconsistentError
+from ..metrics import esi as metrics
 from .cache import (
     KEPT_HEADERS,
     STALE_KEEP_S,
@@ -34,6 +36,13 @@ from .operations import (
     needs_token,
     operation_name,
 )
+from .pages import (
+    CursorPage,
+    disagreement,
+    is_cursor_paged,
+    stale_pages,
+    walk_cursor,
+)
 from .response import EsiResponse, decode, error_for
 
 if TYPE_CHECKING:
@@ -45,10 +54,35 @@ CACHEABLE_METHODS = frozenset({"GET", "POST"})
 _KEY_HEADERS = ("Accept-Language", "X-Tenant", "X-Compatibility-Date")
 
 
-@dataclasses.dataclass(frozen=True)
 class _Answer:
-    data: Any
-    response: EsiResponse
+    """A response and its data, decoded on first use.
+
+    Page 1 of a walk is decoded only after the other pages were sent for,
+    so its decoding overlaps their round trips.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        response: EsiResponse,
+        operation: Operation | None = None,
+        on_decoded: Callable[[], None] | None = None,
+    ) -> None:
+        self.response = response
+        self._operation = operation
+        self._data = data
+        self._pending = operation is not None
+        self._on_decoded = on_decoded
+
+    @property
+    def data(self) -> Any:
+        """The decoded body; a body that decodes is cached only then."""
+        if self._pending:
+            self._data = decode(self.response, self._operation)
+            self._pending = False
+            if self._on_decoded is not None:
+                self._on_decoded()
+        return self._data
 
 
 class CachingHttpFuture(HttpFuture):
@@ -113,17 +147,77 @@ class CachingHttpFuture(HttpFuture):
         if not is_paged(self.operation):
             return self.result(**kwargs)
         language = kwargs.pop("language", None)
+        args = _fetch_args(kwargs)
+        name = operation_name(self.operation)
 
-        first = self._fetch(self._variant(language, page=1), **_fetch_args(kwargs))
-        pages = _page_count(first.response, operation_name(self.operation))
-        rest = self._fetch_pages(range(2, pages + 1), language, kwargs)
-        answers = [first, *rest]
+        tries = self.http_client.settings.esi_page_consistency_retries + 1
+        for attempt in range(tries):
+            fresh = attempt > 0 or bool(args.get("ignore_cache"))
+            answers = self._walk(language, {**args, "ignore_cache": fresh})
+            problem = disagreement([a.response for a in answers])
+            if problem is None:
+                break
+            metrics.ESI_RETRIES.labels(name).inc()
+            log.warning(
+                "ESI %s pages disagree (%s); walk %d of %d",
+                name,
+                problem,
+                attempt + 1,
+                tries,
+                extra={"operation": name},
+            )
+        else:
+            raise PagesInconsistentError(
+                f"{name}: pages kept coming from different snapshots after "
+                f"{tries} walks: {problem}",
+                operation=name,
+            )
 
         self._note(answers)
+        metrics.ESI_PAGES.labels(name).observe(len(answers))
         data: list[Any] = []
         for answer in answers:
             data.extend(_as_list(answer.data))
-        return self._shape(data, first.response)
+        return self._shape(data, answers[0].response)
+
+    def results_cursor(
+        self, after: str | None = None, *, max_pages: int = 1000, **kwargs: Any
+    ) -> CursorPage:
+        """Every record of a cursor-paged route, with the tokens to go on.
+
+        :param after: a token from an earlier call: only records changed
+            since are returned. Without one, all records (newest fetched
+            first, returned oldest first).
+        :returns: the records and ``after``, the token to poll with later.
+        :raises TypeError: the operation is not cursor-paged.
+        """
+        operation = self._require_operation()
+        self._check_token()
+        if not is_cursor_paged(list(operation.params)):
+            raise TypeError(f"{operation.operation_id} is not cursor-paged")
+        args = _fetch_args(kwargs)
+
+        def fetch(cursor: dict[str, Any]) -> Any:
+            params = self._variant(None)
+            params["params"].update(cursor)
+            return self._fetch(params, **args).data
+
+        return walk_cursor(fetch, after=after, max_pages=max_pages)
+
+    def _walk(self, language: str | None, args: dict[str, Any]) -> list[_Answer]:
+        """Page 1, then the others concurrently; 304s beside 200s fetched again."""
+        first = self._fetch(self._variant(language, page=1), **args)
+        pages = _page_count(first.response, operation_name(self.operation))
+        answers = [first, *self._fetch_pages(range(2, pages + 1), language, args)]
+
+        stale = stale_pages([a.response for a in answers])
+        if stale:
+            log.debug("ESI refetching pages %s answered 304 beside changed ones", stale)
+            again = {**args, "ignore_cache": True}
+            for index in stale:
+                page = self._variant(language, page=index + 1)
+                answers[index] = self._fetch(page, **again)
+        return answers
 
     def results_localized(
         self, languages: Iterable[str] | str | None = None, **kwargs: Any
@@ -179,6 +273,7 @@ class CachingHttpFuture(HttpFuture):
 
         if entry is not None and entry.etag:
             params = _with_header(params, "If-None-Match", entry.etag)
+            metrics.CACHE_REVALIDATIONS.labels(name).inc()
         response = self.http_client.send(
             params, self.operation, timeout_s=timeout, retries=retries
         )
@@ -192,6 +287,8 @@ class CachingHttpFuture(HttpFuture):
         entry: CachedResponse | None,
     ) -> _Answer:
         status = response.status_code
+        if status == 304:
+            metrics.ESI_NOT_MODIFIED.labels(operation_name(self.operation)).inc()
         if status == 304 and entry is not None and cache is not None:
             return self._revalidated(response, cache, key, entry)
         if status == 304 and _has_header(self.request_params, "If-None-Match"):
@@ -199,10 +296,10 @@ class CachingHttpFuture(HttpFuture):
         if not 200 <= status < 300:
             raise error_for(response, self.operation)
 
-        data = decode(response, self.operation)
+        store = None
         if cache is not None and status == 200:
-            self._store(response, cache, key)
-        return _Answer(data, response)
+            store = functools.partial(self._store, response, cache, key)
+        return _Answer(None, response, self.operation, store)
 
     def _revalidated(
         self,
@@ -243,7 +340,7 @@ class CachingHttpFuture(HttpFuture):
 
     def _replay(self, entry: CachedResponse, *, not_modified: bool) -> _Answer:
         response = EsiResponse.from_cached(entry, not_modified=not_modified)
-        return _Answer(decode(response, self.operation), response)
+        return _Answer(None, response, self.operation)
 
     def _fetch_pages(
         self, pages: range, language: str | None, kwargs: dict[str, Any]
@@ -254,14 +351,17 @@ class CachingHttpFuture(HttpFuture):
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esi-page")
         try:
             futures = [
-                pool.submit(
-                    self._fetch, self._variant(language, page=n), **_fetch_args(kwargs)
-                )
+                pool.submit(self._fetch_decoded, self._variant(language, page=n), kwargs)
                 for n in pages
             ]
             return [future.result() for future in futures]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch_decoded(self, params: dict[str, Any], kwargs: dict[str, Any]) -> _Answer:
+        answer = self._fetch(params, **kwargs)
+        answer.data  # noqa: B018 (decoded here, in the page's own thread)
+        return answer
 
     # -- helpers -------------------------------------------------------------
 

@@ -18,11 +18,12 @@ from bravado.requests_client import RequestsClient
 from bravado_core.operation import Operation
 from requests.adapters import HTTPAdapter
 
-from .. import metrics
+from ..metrics import esi as metrics
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, ESITransientError
 from .cache import ResponseCache
 from .futures import CachingHttpFuture
+from .limits import Limiter, Permit, declared_bucket, limiter_from_settings
 from .operations import TokenLike, needs_token, operation_name
 from .response import EsiResponse
 
@@ -61,6 +62,7 @@ class EsiHttpClient(RequestsClient):
         app_info_text: str | None = None,
         cache: ResponseCache | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        limiter: Limiter | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -70,6 +72,7 @@ class EsiHttpClient(RequestsClient):
         self.cache = cache
         self.clock = clock
         self.backoff_s = settings.esi_retry_backoff_s
+        self.limiter = limiter or limiter_from_settings(settings, clock)
         self._configure_session()
 
     def request(
@@ -165,15 +168,20 @@ class EsiHttpClient(RequestsClient):
         prepared = self._prepare(request_params, operation)
         timeout = self._timeout(request_params, timeout_s)
         name = operation_name(operation)
+        permit = self._acquire(operation, name)
 
         started = time.perf_counter()
         try:
             raw = self.session.send(prepared, timeout=timeout, allow_redirects=False)
         except TRANSIENT_EXCEPTIONS as exc:
             metrics.ESI_REQUESTS.labels(name, type(exc).__name__).inc()
+            self.limiter.settle(permit, None, {}, name, self.clock)
             raise
         with raw:
             response = EsiResponse.from_requests(raw)
+        self.limiter.settle(
+            permit, response.status_code, response.headers, name, self.clock
+        )
 
         metrics.ESI_REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
         metrics.ESI_REQUESTS.labels(name, str(response.status_code)).inc()
@@ -185,6 +193,13 @@ class EsiHttpClient(RequestsClient):
             extra={"operation": name, "status": response.status_code},
         )
         return response
+
+    def _acquire(self, operation: Operation | None, name: str) -> Permit:
+        declared = declared_bucket(operation.op_spec) if operation else None
+        bucket = self.limiter.bucket_for(name, declared)
+        authed = needs_token(operation) and self.token is not None
+        caller = f"character:{self.token.character_id}" if authed else "public"
+        return self.limiter.acquire(name, bucket, caller, self.clock)
 
     def _prepare(
         self, request_params: dict[str, Any], operation: Operation | None

@@ -10,6 +10,8 @@ from bravado_core.operation import Operation
 from ..errors import InvalidLanguageError, ScopeMissingError
 
 LANGUAGE_PARAMS = ("language", "Accept_Language")
+# The Swagger-era spec says en-us, today's says en (ESI.md 3.9); ESI takes both.
+_ALIASES = {"en-us": "en", "en": "en-us"}
 
 
 class TokenLike(Protocol):
@@ -94,7 +96,7 @@ def check_languages(operation: Operation, languages: Iterable[str]) -> list[str]
         )
     checked: list[str] = []
     for language in languages:
-        if language not in allowed:
+        if language not in allowed and _ALIASES.get(language) not in allowed:
             raise InvalidLanguageError(
                 f"language {language!r} is not served by {operation.operation_id}; "
                 f"allowed: {', '.join(allowed)}"

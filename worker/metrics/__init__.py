@@ -1,34 +1,82 @@
 """Prometheus metrics: names, labels and the HTTP endpoint.
 
-One module per area (``tokens``, ``esi``, ``jobs``); every metric is also
-importable from here. Labels are bounded: job, operation, status, outcome,
-group. Never a character id, a token or anything that grows with the data.
+One module per area (``tokens``, ``esi``, ``jobs``); the gauges read from
+the database at scrape time are in ``collectors``, the zero-valued series
+made at start-up in ``series``, the endpoint in ``server``. Every metric is
+also importable from here. Labels are bounded: job, operation, status,
+outcome, SSO answer class, group. Never a character id, a token or
+anything that grows with the data.
 """
 
 from __future__ import annotations
 
+from .collectors import (
+    DatabaseCollector,
+    JobIntervalCollector,
+    register_database_collector,
+)
 from .esi import (
+    CACHE_BYTES,
+    CACHE_ENTRIES,
     CACHE_ERRORS,
     CACHE_HITS,
     CACHE_MISSES,
+    CACHE_REVALIDATIONS,
+    ERROR_LIMIT_REMAINING,
+    ERROR_LIMIT_RESET_SECONDS,
+    ESI_HELD_SECONDS,
+    ESI_LIMITED,
+    ESI_NOT_MODIFIED,
+    ESI_PAGES,
     ESI_REQUEST_SECONDS,
     ESI_REQUESTS,
     ESI_RETRIES,
+    RATE_LIMIT_FILL,
 )
-from .jobs import JOB_RUN_SECONDS, JOB_RUNS
-from .server import start_metrics_server
+from .jobs import (
+    JOB_LAG_SECONDS,
+    JOB_LAST_SUCCESS,
+    JOB_RUN_SECONDS,
+    JOB_RUNS,
+    JOB_RUNS_DEFERRED,
+    SCHEDULER_HEARTBEAT,
+    SCHEDULER_LEADER,
+)
+from .series import prime_series
+from .server import multiprocess_registry, process_registry, start_metrics_server
 from .tokens import TOKEN_REFRESH_SECONDS, TOKEN_REFRESHES
 
 __all__ = [
+    "CACHE_BYTES",
+    "CACHE_ENTRIES",
     "CACHE_ERRORS",
     "CACHE_HITS",
     "CACHE_MISSES",
+    "CACHE_REVALIDATIONS",
+    "ERROR_LIMIT_REMAINING",
+    "ERROR_LIMIT_RESET_SECONDS",
+    "ESI_HELD_SECONDS",
+    "ESI_LIMITED",
+    "ESI_NOT_MODIFIED",
+    "ESI_PAGES",
     "ESI_REQUESTS",
     "ESI_REQUEST_SECONDS",
     "ESI_RETRIES",
+    "JOB_LAG_SECONDS",
+    "JOB_LAST_SUCCESS",
     "JOB_RUNS",
+    "JOB_RUNS_DEFERRED",
     "JOB_RUN_SECONDS",
+    "RATE_LIMIT_FILL",
+    "SCHEDULER_HEARTBEAT",
+    "SCHEDULER_LEADER",
     "TOKEN_REFRESHES",
     "TOKEN_REFRESH_SECONDS",
+    "DatabaseCollector",
+    "JobIntervalCollector",
+    "multiprocess_registry",
+    "prime_series",
+    "process_registry",
+    "register_database_collector",
     "start_metrics_server",
 ]

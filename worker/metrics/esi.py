@@ -1,8 +1,8 @@
-"""Metrics of the ESI client: requests, retries, cache."""
+"""Metrics of the ESI client: requests, pages, retries, cache and limits."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ESI_REQUESTS = Counter(
     "esi_worker_esi_requests",
@@ -12,6 +12,17 @@ ESI_REQUESTS = Counter(
 ESI_REQUEST_SECONDS = Histogram(
     "esi_worker_esi_request_seconds",
     "ESI request latency, by operation.",
+    ["operation"],
+)
+ESI_PAGES = Histogram(
+    "esi_worker_esi_pages",
+    "Pages read by one results() call, by operation.",
+    ["operation"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500),
+)
+ESI_NOT_MODIFIED = Counter(
+    "esi_worker_esi_not_modified",
+    "ESI answers 304 Not Modified, by operation.",
     ["operation"],
 )
 ESI_RETRIES = Counter(
@@ -29,8 +40,49 @@ CACHE_MISSES = Counter(
     "ESI calls the response cache could not answer, by operation.",
     ["operation"],
 )
+CACHE_REVALIDATIONS = Counter(
+    "esi_worker_cache_revalidations",
+    "Stale cache entries revalidated with If-None-Match, by operation.",
+    ["operation"],
+)
+CACHE_ENTRIES = Gauge(
+    "esi_worker_cache_entries",
+    "Entries held by the in-process response cache.",
+    multiprocess_mode="livesum",
+)
+CACHE_BYTES = Gauge(
+    "esi_worker_cache_bytes",
+    "Approximate bytes held by the in-process response cache.",
+    multiprocess_mode="livesum",
+)
 CACHE_ERRORS = Counter(
     "esi_worker_cache_errors",
     "Failures of the cache backend (the call went on without it).",
     ["backend"],
+)
+ERROR_LIMIT_REMAINING = Gauge(
+    "esi_worker_error_limit_remaining",
+    "Errors ESI still allows in the current window, as last seen.",
+    multiprocess_mode="min",
+)
+ERROR_LIMIT_RESET_SECONDS = Gauge(
+    "esi_worker_error_limit_reset_seconds",
+    "Seconds until ESI's error window resets, as last seen.",
+    multiprocess_mode="max",
+)
+RATE_LIMIT_FILL = Gauge(
+    "esi_worker_rate_limit_fill_ratio",
+    "Share of a rate-limit bucket in use (0..1), by group.",
+    ["group"],
+    multiprocess_mode="max",
+)
+ESI_LIMITED = Counter(
+    "esi_worker_esi_limited",
+    "420 and 429 answers received from ESI, by status.",
+    ["status"],
+)
+ESI_HELD_SECONDS = Counter(
+    "esi_worker_esi_held_seconds",
+    "Time requests were held back by the limiter, by reason.",
+    ["reason"],
 )

@@ -1,20 +1,52 @@
-"""The HTTP endpoint Prometheus scrapes."""
+"""The HTTP endpoint Prometheus scrapes, for one process or for a process group."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 log = logging.getLogger(__name__)
 
 
-def start_metrics_server(host: str, port: int) -> int:
-    """Serve ``/metrics`` on ``host:port`` from a daemon thread.
+def start_metrics_server(
+    host: str, port: int, registry: CollectorRegistry = REGISTRY
+) -> int:
+    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread.
 
     :returns: the port bound (useful when ``port`` is 0).
     """
-    server, _thread = start_http_server(port, addr=host)
-    bound = server.server_address[1]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    bound = int(server.server_address[1])
     log.info("metrics served on http://%s:%d/metrics", host, bound)
-    return int(bound)
+    return bound
+
+
+def process_registry() -> CollectorRegistry:
+    """A fresh registry showing this process's metrics, ready for extra collectors.
+
+    Each server gets its own, so registering the database gauges twice
+    (two runs in one interpreter, as in tests) never clashes.
+    """
+    registry = CollectorRegistry()
+    registry.register(_ProcessMetrics())
+    return registry
+
+
+def multiprocess_registry(path: Path) -> CollectorRegistry:
+    """A registry adding up the metric files every process wrote under ``path``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(path))
+    return registry
+
+
+class _ProcessMetrics(Collector):
+    """Everything in the process-wide default registry."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()

@@ -1,4 +1,5 @@
-"""Pytest fixtures: a migrated PostgreSQL database, the emulator, settings, a runtime.
+"""Pytest fixtures: a migrated PostgreSQL database, the emulator, settings, a runtime,
+tokens and a started worker.
 
 Installed with esi-worker through the ``pytest11`` entry point, so plugin
 authors get the same fixtures the project tests itself with. Heavy imports
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,8 +19,11 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
     from worker.emulator import Emulator
+    from worker.jobs import JobRegistry
     from worker.runtime import Runtime
     from worker.settings import Settings
+    from worker.testing.harness import StartedWorker
+    from worker.tokens import Token
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = (
@@ -56,7 +60,7 @@ def database_url(pytestconfig: pytest.Config) -> Iterator[str]:
     name = f"esi_worker_test_{os.getpid()}_{secrets.token_hex(3)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": name})
+    url = make_conninfo("", **{**conninfo_to_dict(admin_url), "dbname": name})
     migrate(url)
     yield url
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -132,6 +136,8 @@ def settings(
         "sso_client_secret": emulator.client_secret,
         "metrics_port": 0,
         "contact_email": "tests@example.invalid",
+        # The emulator never goes down for the game's daily downtime.
+        "esi_downtime_utc": "",
     }
     values.update(esi_settings_overrides)
     return Settings(**values)
@@ -146,3 +152,53 @@ def runtime(settings: Settings, clean_db: ConnectionPool) -> Iterator[Runtime]:
     with rt.activated():
         yield rt
     rt.close()
+
+
+@pytest.fixture
+def make_token(runtime: Runtime, emulator: Emulator) -> Callable[..., Token]:
+    """Store a token: a grant made in the emulator, imported into the database.
+
+    Call it as ``make_token(character_id, character_name, scopes)``; every
+    argument has a default (the emulator's first test pilot, no scopes).
+    """
+
+    def make(
+        character_id: int = 2112000001,
+        character_name: str = "Test Pilot One",
+        scopes: str | Iterable[str] = (),
+    ) -> Token:
+        from worker.scopes import normalize_scopes
+
+        grant = emulator.create_grant(
+            character_id=character_id,
+            character_name=character_name,
+            scopes=list(normalize_scopes(scopes)),
+        )
+        return runtime.tokens.import_grant(grant)
+
+    return make
+
+
+@pytest.fixture
+def job_registry() -> JobRegistry:
+    """The jobs registered through the ``esi_worker.jobs`` entry points."""
+    from worker.jobs import JobRegistry
+
+    return JobRegistry()
+
+
+@pytest.fixture
+def started_worker(
+    runtime: Runtime, job_registry: JobRegistry
+) -> Iterator[StartedWorker]:
+    """A worker running the registered jobs in this process, on the runtime.
+
+    ``started_worker.run("my_job", character_id)`` runs a job through the
+    broker and returns its run record; ``started_worker.plan()`` plans
+    every job once, as the scheduler's leader would.
+    """
+    from worker.testing.harness import StartedWorker
+
+    worker = StartedWorker(runtime, job_registry)
+    yield worker
+    worker.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .grants import GrantFields
 from .query import TokenQuery
-from .refresh import RefreshSummary
 from .store import TokenStore
 from .token import (
     CONFIG_ERROR,
@@ -21,6 +20,7 @@ from .token import (
     VALID,
     Token,
 )
+from .upkeep import RefreshSummary
 
 __all__ = [
     "CONFIG_ERROR",

@@ -1,221 +1,226 @@
-"""Refreshing tokens: claim-and-refresh under the row lock, and scheduled runs."""
+"""Refreshing one token: claim its row, call the SSO, store the outcome.
+
+Everything happens in one transaction holding the token's row lock, so
+concurrent callers (threads, processes, machines) make one SSO call between
+them. The journal (see ``journal``) covers the gap a dying worker leaves.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import logging
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..errors import (
+    JWTValidationError,
     NotRefreshableTokenError,
     SSOConfigurationError,
     SSOError,
     SSOGrantError,
+    SSOTransientError,
     TokenInvalidError,
 )
-from .rows import TOKEN_COLUMNS, link_scopes, load_token, token_from_row
-from .token import NO_REFRESH_EXPIRED, OWNER_CHANGED, REVOKED, VALID, Token
+from ..sso import sso_class
+from .journal import JournalEntry
+from .rows import TOKEN_COLUMNS, link_scopes, token_from_row
+from .token import OWNER_CHANGED, REVOKED, VALID, Token
 
 if TYPE_CHECKING:
     import psycopg
 
-    from ..sso import TokenGrant
+    from ..sso import TokenAnswer, TokenGrant
     from .store import TokenStore
 
 log = logging.getLogger(__name__)
 
-# A claimed token is left alone by other refresh runs for this long, so a
-# run that dies mid-batch only delays those tokens, never loses them.
-CLAIM_LEASE_S = 120.0
 BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 300.0
 
 
-@dataclasses.dataclass(frozen=True)
-class RefreshSummary:
-    """What one :meth:`TokenStore.refresh_due` run did, counted by outcome."""
+@dataclasses.dataclass
+class _Attempt:
+    """What one refresh did: its outcome, the SSO's answer class, the error."""
 
-    success: int = 0
-    dead: int = 0
-    transient: int = 0
-    config_error: int = 0
-    skipped: int = 0
-    no_refresh_expired: int = 0
-
-    @property
-    def total(self) -> int:
-        """Every token the run touched."""
-        return sum(dataclasses.astuple(self))
-
-    def __str__(self) -> str:
-        return ", ".join(
-            f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
-        )
+    outcome: str = "transient"
+    sso: str = "none"
+    error: Exception | None = None
+    token: Token | None = None
 
 
 class TokenRefresher:
-    """The refresh half of a :class:`~worker.tokens.TokenStore`.
-
-    Each refresh runs in one transaction holding the token's row lock, so
-    concurrent callers make one SSO call between them.
-    """
+    """Refreshes single tokens of a :class:`~worker.tokens.TokenStore`."""
 
     def __init__(self, store: TokenStore) -> None:
         self._store = store
 
-    def refresh_due(
-        self,
-        *,
-        ahead_s: float | None = None,
-        parallelism: int | None = None,
-        batch_size: int = 100,
-    ) -> RefreshSummary:
-        """Refresh every valid token whose access token expires within ``ahead_s``.
-
-        Tokens are claimed in batches, soonest expiry first, with
-        ``FOR UPDATE SKIP LOCKED`` and a short lease, so several workers can
-        run this at once without refreshing a token twice.
-        """
-        ahead_s = self._store.settings.refresh_ahead_s if ahead_s is None else ahead_s
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        counts: Counter[str] = Counter(no_refresh_expired=self._expire_unrefreshable())
-
-        done: set[int] = set()
-        while not counts["config_error"]:
-            batch = self._claim_due(ahead_s, batch_size, done)
-            if not batch:
-                break
-            done.update(token.id for token in batch)
-            log.debug("claimed %d tokens to refresh", len(batch))
-            for _token, outcome in self.refresh_all(batch, parallelism, ahead_s):
-                counts[outcome] += 1
-
-        summary = RefreshSummary(**counts)
-        log.info("token refresh run finished: %s", summary)
-        return summary
-
-    def refresh_all(
-        self, tokens: list[Token], parallelism: int | None, ahead_s: float | None
-    ) -> list[tuple[Token, str]]:
-        """Refresh each token on a thread pool; each with its outcome."""
-        workers = parallelism or self._store.settings.refresh_parallelism
-        if not tokens:
-            return []
-        with ThreadPoolExecutor(
-            max_workers=min(workers, len(tokens)), thread_name_prefix="token-refresh"
-        ) as executor:
-            return list(
-                executor.map(lambda t: self._refresh_quietly(t, ahead_s), tokens)
-            )
-
-    def _refresh_quietly(
-        self, token: Token, ahead_s: float | None
-    ) -> tuple[Token, str]:
-        """One refresh for a batch: the outcome instead of an exception."""
-        try:
-            return self.refresh(token, None, None, ahead_s)
-        except (TokenInvalidError, NotRefreshableTokenError):
-            return token, "dead"
-        except SSOConfigurationError:
-            return token, "config_error"
-        except SSOError:
-            return token, "transient"
-        except Exception:
-            log.exception(
-                "refreshing token %r of character %r failed",
-                token.id,
-                token.character_id,
-            )
-            return token, "transient"
-
     def refresh(
-        self, token: Token, session: Any, auth: Any, min_remaining_s: float | None
+        self,
+        token: Token,
+        session: Any,
+        auth: Any,
+        min_remaining_s: float | None,
+        claimed_at: dt.datetime | None = None,
     ) -> tuple[Token, str]:
         """Refresh one token under its row lock; the token and the outcome.
 
-        The outcome (``success`` or ``skipped``) and any failure are counted
-        in the refresh metrics.
+        Outcomes are ``success`` and ``skipped`` (another holder refreshed
+        it); every other outcome is raised, and all are counted in metrics.
+
+        :param claimed_at: when a bulk claim already journaled the start.
         """
         started = self._store.clock.monotonic()
-        outcome = "transient"
+        attempt = _Attempt()
         try:
-            fresh, outcome = self._claim_and_refresh(
-                token, session, auth, min_remaining_s
+            self._claim_and_refresh(
+                token, session, auth, min_remaining_s, attempt, claimed_at
             )
-            return fresh, outcome
-        except (TokenInvalidError, NotRefreshableTokenError):
-            outcome = "dead"
+        except (TokenInvalidError, NotRefreshableTokenError) as exc:
+            attempt.outcome = getattr(exc, "outcome", "dead")
             raise
         except SSOConfigurationError:
-            outcome = "config_error"
+            attempt.outcome = "config_error"
             raise
         finally:
-            metrics.TOKEN_REFRESHES.labels(outcome=outcome).inc()
+            metrics.TOKEN_REFRESHES.labels(
+                outcome=attempt.outcome, sso_class=attempt.sso
+            ).inc()
             metrics.TOKEN_REFRESH_SECONDS.observe(
                 self._store.clock.monotonic() - started
             )
+        assert attempt.token is not None
+        return attempt.token, attempt.outcome
 
     def _claim_and_refresh(
-        self, seen: Token, session: Any, auth: Any, min_remaining_s: float | None
-    ) -> tuple[Token, str]:
+        self,
+        seen: Token,
+        session: Any,
+        auth: Any,
+        min_remaining_s: float | None,
+        attempt: _Attempt,
+        claimed_at: dt.datetime | None,
+    ) -> None:
         # What the caller saw, taken before waiting for the lock: a shared
         # Token object may be updated by another thread meanwhile.
         seen_refresh, seen_expires = seen.refresh_token, seen.access_expires
-        failure: SSOError | None = None
-        dead: str | None = None
+        journal = self._store.journal
         with self._store.pool.connection() as conn, conn.transaction():
-            current = self._lock(conn, seen.id)
+            current, entry = self._lock(conn, seen.id)
             if self._refreshed_elsewhere(
                 current, seen_refresh, seen_expires, min_remaining_s
             ):
                 log.debug("token %r was refreshed by another holder", current.id)
-                return current, "skipped"
+                if entry is not None and _earlier(entry, current, claimed_at) is None:
+                    journal.clear(conn, current.id)
+                attempt.outcome, attempt.token = "skipped", current
+                return
 
-            assert current.refresh_token is not None
+            entry = _earlier(entry, current, claimed_at)
+            if claimed_at is None:
+                journal.started(current.id, self._store.clock.now())
+            answer = self._ask_sso(current, entry, session, auth, attempt)
+            if answer is not None:
+                self._store_answer(conn, current, answer, attempt)
+            elif isinstance(attempt.error, SSOGrantError):
+                reason = _dead_reason(attempt.error, entry)
+                self._set_state(conn, current, REVOKED, reason)
+                attempt.outcome = "dead"
+            elif not isinstance(attempt.error, SSOConfigurationError):
+                self._note_failure(conn, current, attempt.error)
+            if attempt.outcome != "success":
+                journal.clear(conn, current.id)
+        self._raise_for(current, attempt)
+
+    def _ask_sso(
+        self,
+        current: Token,
+        entry: JournalEntry | None,
+        session: Any,
+        auth: Any,
+        attempt: _Attempt,
+    ) -> TokenAnswer | None:
+        """The SSO's answer to our refresh token(s); ``None`` on failure.
+
+        A refresh token saved by an interrupted refresh is tried first: with
+        rotation it is the live one. The stored one is the fallback.
+        """
+        assert current.refresh_token is not None
+        candidates = [current.refresh_token]
+        if _adoptable(entry, current):
+            assert entry is not None and entry.refresh_token is not None
+            log.info(
+                "token %r: adopting the refresh token of an interrupted refresh",
+                current.id,
+            )
+            candidates.insert(0, entry.refresh_token)
+
+        for refresh_token in candidates:
             try:
-                grant = self._store.sso.refresh(
-                    current.refresh_token, session=session, auth=auth
+                answer = self._store.sso.refresh_answer(
+                    refresh_token, session=session, auth=auth
                 )
-            except SSOGrantError as exc:
-                dead = f"{REVOKED}: the SSO answered {exc.error}"
-                self._set_state(conn, current, REVOKED, f"SSO answered {exc.error}")
-                failure = exc
-            except SSOConfigurationError:
-                log.critical(
-                    "SSO refused our client credentials while refreshing "
-                    "token %r; fix the SSO settings",
-                    current.id,
-                )
-                raise
             except SSOError as exc:
-                self._note_failure(conn, current, exc)
-                failure = exc
-            else:
-                if self._owner_changed(current, grant):
-                    dead = f"{OWNER_CHANGED}: the character changed owner"
-                    self._set_state(
-                        conn, current, OWNER_CHANGED, "the character changed owner"
-                    )
-                else:
-                    self._store_grant(conn, current, grant)
-                    fresh = load_token(self._store, conn, current.id)
-                    assert fresh is not None
-                    return fresh, "success"
+                attempt.sso, attempt.error = sso_class(exc), exc
+                if not isinstance(exc, SSOGrantError):
+                    break
+                continue
+            attempt.sso, attempt.error = "success", None
+            if answer.rotated:
+                self._store.journal.received(
+                    current.id, str(answer.refresh_token), self._store.clock.now()
+                )
+            return answer
+        if isinstance(attempt.error, SSOConfigurationError):
+            log.critical(
+                "SSO refused our client credentials while refreshing token %r; "
+                "fix ESI_WORKER_SSO_CLIENT_ID / ESI_WORKER_SSO_CLIENT_SECRET",
+                current.id,
+            )
+        return None
 
-        # The transaction has committed the state change; now report it.
-        if dead is not None:
-            raise TokenInvalidError(
-                f"token {current.id} of character {current.character_id} is {dead}",
+    def _store_answer(
+        self,
+        conn: psycopg.Connection[Any],
+        current: Token,
+        answer: TokenAnswer,
+        attempt: _Attempt,
+    ) -> None:
+        """Verify and store the answer; a rotated refresh token is kept regardless."""
+        try:
+            grant = self._store.sso.verify_answer(answer)
+        except (JWTValidationError, SSOTransientError) as exc:
+            # The old refresh token may be spent: keep the new one, keep the
+            # old access token, and try again after the back-off.
+            self._keep_refresh_token(conn, current, answer.refresh_token)
+            attempt.sso, attempt.error = "transient", exc
+            self._note_failure(conn, current, exc)
+            return
+        if _owner_changed(current, grant):
+            self._keep_refresh_token(conn, current, answer.refresh_token)
+            self._set_state(conn, current, OWNER_CHANGED, "the character changed owner")
+            attempt.outcome = "owner_changed"
+            return
+
+        attempt.token = self._store_grant(conn, current, grant)
+        attempt.outcome = "success"
+
+    def _raise_for(self, current: Token, attempt: _Attempt) -> None:
+        """After the commit: report a dead or failed refresh as an error."""
+        if attempt.outcome in ("success", "skipped"):
+            return
+        if attempt.outcome in ("dead", "owner_changed"):
+            state = REVOKED if attempt.outcome == "dead" else OWNER_CHANGED
+            error = TokenInvalidError(
+                f"token {current.id} of character {current.character_id} is "
+                f"{state}; a new login is needed",
                 token_id=current.id,
                 character_id=current.character_id,
-            ) from failure
-        assert failure is not None
-        raise failure
+            )
+            error.outcome = attempt.outcome  # type: ignore[attr-defined]
+            raise error from attempt.error
+        assert attempt.error is not None
+        raise attempt.error
 
     def _refreshed_elsewhere(
         self,
@@ -251,37 +256,58 @@ class TokenRefresher:
         remaining = (current.access_expires - self._store.clock.now()).total_seconds()
         return remaining > min_remaining_s
 
-    @staticmethod
-    def _owner_changed(current: Token, grant: TokenGrant) -> bool:
-        return (
-            grant.claims.owner_hash != current.character_owner_hash
-            or grant.claims.character_id != current.character_id
-        )
-
-    def _lock(self, conn: psycopg.Connection[Any], token_id: int) -> Token:
-        token = load_token(self._store, conn, token_id, lock=True)
-        if token is None:
+    def _lock(
+        self, conn: psycopg.Connection[Any], token_id: int
+    ) -> tuple[Token, JournalEntry | None]:
+        """The locked row and its journal entry, in one round trip."""
+        row = conn.execute(
+            f"SELECT {TOKEN_COLUMNS}, j.started, j.refresh_token, j.received"
+            " FROM esi_token t LEFT JOIN esi_token_refresh_journal j"
+            " ON j.token_id = t.id WHERE t.id = %s FOR UPDATE OF t",
+            (token_id,),
+        ).fetchone()
+        if row is None:
             raise TokenInvalidError(
                 f"token {token_id} no longer exists", token_id=token_id
             )
-        return token
+        token = token_from_row(self._store, row[:-3])
+        started, refresh_token, received = row[-3:]
+        if started is None:
+            return token, None
+        secret = self._store.cipher.decrypt(refresh_token)
+        return token, JournalEntry(started, secret, received)
 
     def _store_grant(
         self, conn: psycopg.Connection[Any], current: Token, grant: TokenGrant
-    ) -> None:
+    ) -> Token:
+        """Store the grant and clear the journal in one statement; the new token."""
+        cipher, now = self._store.cipher, self._store.clock.now()
         conn.execute(
+            "WITH cleared AS (DELETE FROM esi_token_refresh_journal"
+            " WHERE token_id = %s) "
             "UPDATE esi_token SET access_token = %s, refresh_token = %s, "
             "access_expires = %s, character_name = %s, updated = %s, "
             "refresh_failures = 0, last_refresh_error = NULL, "
             "next_refresh_attempt = NULL WHERE id = %s",
             (
-                grant.access_token,
-                grant.refresh_token,
+                current.id,
+                cipher.encrypt(grant.access_token),
+                cipher.encrypt(grant.refresh_token),
                 grant.expires_at,
                 grant.claims.character_name,
-                self._store.clock.now(),
+                now,
                 current.id,
             ),
+        )
+        fresh = current.replaced(
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            access_expires=grant.expires_at,
+            character_name=grant.claims.character_name,
+            updated=now,
+            refresh_failures=0,
+            last_refresh_error=None,
+            next_refresh_attempt=None,
         )
         if grant.claims.scopes and set(grant.claims.scopes) != set(current.scopes):
             log.warning(
@@ -294,14 +320,27 @@ class TokenRefresher:
                 "DELETE FROM esi_token_scope WHERE token_id = %s", (current.id,)
             )
             link_scopes(conn, current.id, grant.claims.scopes)
+            fresh = current.replaced(scopes=tuple(sorted(grant.claims.scopes)))
         log.debug("token %r refreshed until %s", current.id, grant.expires_at)
+        return fresh
+
+    def _keep_refresh_token(
+        self, conn: psycopg.Connection[Any], current: Token, refresh_token: str | None
+    ) -> None:
+        if refresh_token is None or refresh_token == current.refresh_token:
+            return
+        conn.execute(
+            "UPDATE esi_token SET refresh_token = %s WHERE id = %s",
+            (self._store.cipher.encrypt(refresh_token), current.id),
+        )
+        log.info("token %r: kept the rotated refresh token", current.id)
 
     def _note_failure(
-        self, conn: psycopg.Connection[Any], current: Token, exc: SSOError
+        self, conn: psycopg.Connection[Any], current: Token, exc: Exception | None
     ) -> None:
         failures = current.refresh_failures + 1
         delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
-        delay_s = max(delay_s, exc.retry_after_s or 0.0)
+        delay_s = max(delay_s, getattr(exc, "retry_after_s", None) or 0.0)
         retry_at = self._store.clock.now() + dt.timedelta(seconds=delay_s)
         conn.execute(
             "UPDATE esi_token SET last_refresh_error = %s, refresh_failures = %s, "
@@ -335,53 +374,46 @@ class TokenRefresher:
             extra={"token_id": current.id, "character_id": current.character_id},
         )
 
-    def _claim_due(
-        self, ahead_s: float, batch_size: int, done: set[int]
-    ) -> list[Token]:
-        now = self._store.clock.now()
-        with self._store.pool.connection() as conn:
-            rows = conn.execute(
-                "UPDATE esi_token t SET next_refresh_attempt = %s WHERE t.id IN ("
-                " SELECT id FROM esi_token WHERE state = %s"
-                " AND refresh_token IS NOT NULL AND access_expires <= %s"
-                " AND (next_refresh_attempt IS NULL OR next_refresh_attempt <= %s)"
-                " AND NOT (id = ANY(%s::bigint[]))"
-                " ORDER BY access_expires LIMIT %s FOR UPDATE SKIP LOCKED)"
-                f" RETURNING {TOKEN_COLUMNS}",
-                (
-                    now + dt.timedelta(seconds=CLAIM_LEASE_S),
-                    VALID,
-                    now + dt.timedelta(seconds=ahead_s),
-                    now,
-                    list(done),
-                    batch_size,
-                ),
-            ).fetchall()
-        tokens = [token_from_row(self._store, r) for r in rows]
-        return sorted(tokens, key=lambda t: t.access_expires)
 
-    def _expire_unrefreshable(self) -> int:
-        now = self._store.clock.now()
-        with self._store.pool.connection() as conn:
-            rows = conn.execute(
-                "UPDATE esi_token SET state = %s, state_reason = %s, "
-                "state_changed = %s, updated = %s WHERE state = %s "
-                "AND refresh_token IS NULL AND access_expires <= %s "
-                "RETURNING id, character_id",
-                (
-                    NO_REFRESH_EXPIRED,
-                    "expired without a refresh token",
-                    now,
-                    now,
-                    VALID,
-                    now,
-                ),
-            ).fetchall()
-        for token_id, character_id in rows:
-            log.info(
-                "token %r of character %r expired and cannot be refreshed",
-                token_id,
-                character_id,
-                extra={"token_id": token_id, "character_id": character_id},
-            )
-        return len(rows)
+def _earlier(
+    entry: JournalEntry | None, current: Token, claimed_at: dt.datetime | None
+) -> JournalEntry | None:
+    """The entry if an earlier, unfinished refresh left it; else ``None``.
+
+    An entry older than the token is from a deleted token whose id was
+    reused; one stamped with our own claim, and holding nothing, is ours.
+    """
+    if entry is None or entry.started < current.created:
+        return None
+    if entry.started == claimed_at and entry.refresh_token is None:
+        return None
+    return entry
+
+
+def _adoptable(entry: JournalEntry | None, current: Token) -> bool:
+    """Whether the journal holds a newer refresh token for this very token."""
+    return (
+        entry is not None
+        and entry.refresh_token is not None
+        and entry.refresh_token != current.refresh_token
+        and entry.started >= current.created
+    )
+
+
+def _owner_changed(current: Token, grant: TokenGrant) -> bool:
+    return (
+        grant.claims.owner_hash != current.character_owner_hash
+        or grant.claims.character_id != current.character_id
+    )
+
+
+def _dead_reason(error: SSOGrantError, entry: JournalEntry | None) -> str:
+    """Why the grant is dead, as the operator will read it."""
+    reason = f"SSO answered {error.error or 'invalid_grant'}: log in again"
+    if entry is not None and entry.refresh_token is None:
+        reason += (
+            f"; a refresh started {entry.started:%Y-%m-%d %H:%M:%S}Z never "
+            "finished, so the SSO may have rotated the refresh token before "
+            "the worker could save the new one"
+        )
+    return reason

@@ -23,8 +23,11 @@ TOKEN_COLUMNS = ", ".join(f"t.{c}" for c in COLUMNS) + f", {SCOPES_OF_T}"
 
 
 def token_from_row(store: TokenStore, row: Sequence[Any]) -> Token:
-    """A Token from a row selected with :data:`TOKEN_COLUMNS`."""
-    return Token(store, dict(zip((*COLUMNS, "scopes"), row, strict=True)))
+    """A Token from a row selected with :data:`TOKEN_COLUMNS`, secrets decrypted."""
+    values = dict(zip((*COLUMNS, "scopes"), row, strict=True))
+    for name in ("access_token", "refresh_token"):
+        values[name] = store.cipher.decrypt(values[name])
+    return Token(store, values)
 
 
 def load_token(

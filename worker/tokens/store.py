@@ -9,12 +9,16 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..crypto import TokenCipher
+from ..errors import TokenLookupError
 from ..scopes import normalize_scopes
 from .grants import GrantFields, grant_fields
+from .journal import RefreshJournal
 from .query import TokenQuery
-from .refresh import RefreshSummary, TokenRefresher
+from .refresh import TokenRefresher
 from .rows import SCOPES_OF_T, link_scopes, load_token
-from .token import VALID, Token
+from .token import REVOKED, VALID, Token
+from .upkeep import RefreshSummary, TokenUpkeep
 
 if TYPE_CHECKING:
     import psycopg
@@ -43,12 +47,16 @@ class TokenStore:
         settings: Settings,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        cipher: TokenCipher | None = None,
     ) -> None:
         self.pool = pool
         self.sso = sso
         self.settings = settings
         self.clock = clock
+        self.cipher = cipher or TokenCipher.from_settings(settings)
+        self.journal = RefreshJournal(pool, self.cipher)
         self._refresher = TokenRefresher(self)
+        self._upkeep = TokenUpkeep(self, self._refresher)
 
     def __repr__(self) -> str:
         return f"<TokenStore clock={type(self.clock).__name__}>"
@@ -115,16 +123,7 @@ class TokenStore:
             sso_version=sso_version,
         ).checked()
         with self.pool.connection() as conn, conn.transaction():
-            # Two logins of one character at once must not both insert.
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
-                (_MERGE_LOCK_CLASS, str(fields.character_id)),
-            )
-            token_id = self._equivalent_id(conn, fields, user)
-            if token_id is None:
-                token_id = self._insert(conn, fields, user)
-            else:
-                self._overwrite(conn, token_id, fields)
+            token_id, _action = self.merge(conn, fields, user=user)
             token = load_token(self, conn, token_id)
         assert token is not None
         log.info(
@@ -163,7 +162,7 @@ class TokenStore:
         self, tokens: Iterable[Token], *, parallelism: int | None = None
     ) -> list[Token]:
         """Refresh each token (in parallel); the ones that succeeded."""
-        results = self._refresher.refresh_all(list(tokens), parallelism, None)
+        results = self._upkeep.refresh_all(list(tokens), parallelism, None)
         return [token for token, outcome in results if outcome == "success"]
 
     def refresh_due(
@@ -179,20 +178,63 @@ class TokenStore:
         ``FOR UPDATE SKIP LOCKED`` and a short lease, so several workers can
         run this at once without refreshing a token twice.
         """
-        return self._refresher.refresh_due(
+        return self._upkeep.refresh_due(
             ahead_s=ahead_s, parallelism=parallelism, batch_size=batch_size
         )
 
+    def reencrypt(self) -> int:
+        """Encrypt every secret not under the first key (plaintext included).
+
+        Run after putting a new key first in ``ESI_WORKER_TOKEN_KEYS``; the
+        old key can be dropped once this returns.
+        """
+        return self._upkeep.encrypt_secrets()
+
+    def revoke(self, token: Token, *, reason: str = "revoked by the operator") -> Token:
+        """Revoke the grant at the SSO, then mark the token revoked (kept until pruned).
+
+        :raises SSOError: the SSO could not be told; the token is unchanged.
+        """
+        current = self.get(token.id)
+        if current is None:
+            raise TokenLookupError(f"no token with id {token.id}")
+        if current.refresh_token is not None:
+            self.sso.revoke(current.refresh_token)
+        now = self.clock.now()
+        with self.pool.connection() as conn:
+            conn.execute(
+                "UPDATE esi_token SET state = %s, state_reason = %s,"
+                " state_changed = %s, updated = %s WHERE id = %s",
+                (REVOKED, reason, now, now, current.id),
+            )
+        log.info(
+            "revoked token %r of character %r",
+            current.id,
+            current.character_id,
+            extra={"token_id": current.id, "character_id": current.character_id},
+        )
+        revoked = self.get(current.id)
+        assert revoked is not None
+        return revoked
+
     def prune(self, *, grace_s: float | None = None) -> int:
-        """Delete dead tokens whose state changed longer than ``grace_s`` ago."""
+        """Delete dead tokens whose state changed longer than ``grace_s`` ago.
+
+        Each deletion is recorded in ``esi_token_pruned`` with its reason.
+        """
         grace_s = self.settings.prune_grace_s if grace_s is None else grace_s
         cutoff = self.clock.now() - dt.timedelta(seconds=grace_s)
         with self.pool.connection() as conn:
             rows = conn.execute(
-                "DELETE FROM esi_token WHERE state <> %s "
-                "AND COALESCE(state_changed, updated) < %s "
-                "RETURNING id, character_id, state, state_reason",
-                (VALID, cutoff),
+                "WITH gone AS (DELETE FROM esi_token WHERE state <> %s"
+                " AND COALESCE(state_changed, updated) < %s"
+                " RETURNING id, character_id, character_name, user_id, state,"
+                " state_reason, state_changed)"
+                " INSERT INTO esi_token_pruned (token_id, character_id,"
+                " character_name, user_id, state, state_reason, state_changed,"
+                " pruned) SELECT g.*, %s FROM gone g"
+                " RETURNING token_id, character_id, state, state_reason",
+                (VALID, cutoff, self.clock.now()),
             ).fetchall()
         for token_id, character_id, state, reason in rows:
             log.info(
@@ -205,33 +247,71 @@ class TokenStore:
             )
         return len(rows)
 
+    def close(self) -> None:
+        """Close the connection the refresh journal opened (if any)."""
+        self.journal.close()
+
+    def merge(
+        self,
+        conn: psycopg.Connection[Any],
+        fields: GrantFields,
+        *,
+        user: str | None = None,
+        source: str | None = None,
+        keep_valid: bool = False,
+    ) -> tuple[int, str]:
+        """Insert ``fields`` or merge them into an equivalent token, in ``conn``'s
+        transaction; the token id and ``inserted``, ``merged`` or ``kept``.
+
+        :param source: where the grant came from, e.g. ``django-esi:17``.
+        :param keep_valid: leave an equivalent valid token as it is (an
+            import must not overwrite a refresh token the worker rotated).
+        """
+        # Two logins of one character at once must not both insert.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            (_MERGE_LOCK_CLASS, str(fields.character_id)),
+        )
+        token_id, state = self._equivalent(conn, fields, user)
+        if token_id is None:
+            return self._insert(conn, fields, user, source), "inserted"
+        if keep_valid and state == VALID:
+            return token_id, "kept"
+        self._overwrite(conn, token_id, fields)
+        return token_id, "merged"
+
     # -- storage internals ---------------------------------------------------
 
-    def _equivalent_id(
+    def _equivalent(
         self, conn: psycopg.Connection[Any], fields: GrantFields, user: str | None
-    ) -> int | None:
+    ) -> tuple[int | None, str | None]:
         row = conn.execute(
-            f"SELECT t.id FROM (SELECT t.id, t.state, {SCOPES_OF_T} FROM esi_token t"
-            " WHERE t.character_id = %s AND t.user_id IS NOT DISTINCT FROM %s) t"
+            f"SELECT t.id, t.state FROM (SELECT t.id, t.state, {SCOPES_OF_T}"
+            " FROM esi_token t WHERE t.character_id = %s"
+            " AND t.user_id IS NOT DISTINCT FROM %s) t"
             " WHERE t.scopes = %s::text[] ORDER BY (t.state = %s) DESC, t.id LIMIT 1",
             (fields.character_id, user, list(fields.scopes), VALID),
         ).fetchone()
-        return int(row[0]) if row else None
+        return (int(row[0]), str(row[1])) if row else (None, None)
 
     def _insert(
-        self, conn: psycopg.Connection[Any], fields: GrantFields, user: str | None
+        self,
+        conn: psycopg.Connection[Any],
+        fields: GrantFields,
+        user: str | None,
+        source: str | None,
     ) -> int:
         now = self.clock.now()
         row = conn.execute(
             "INSERT INTO esi_token (created, updated, access_token, refresh_token,"
             " access_expires, character_id, character_name, token_type,"
-            " character_owner_hash, sso_version, user_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            " character_owner_hash, sso_version, user_id, source)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
             (
                 now,
                 now,
-                fields.access_token,
-                fields.refresh_token,
+                self.cipher.encrypt(fields.access_token),
+                self.cipher.encrypt(fields.refresh_token),
                 fields.access_expires,
                 fields.character_id,
                 fields.character_name,
@@ -239,6 +319,7 @@ class TokenStore:
                 fields.character_owner_hash,
                 fields.sso_version,
                 user,
+                source,
             ),
         ).fetchone()
         assert row is not None
@@ -258,8 +339,8 @@ class TokenStore:
             " refresh_failures = 0, next_refresh_attempt = NULL WHERE id = %s",
             (
                 now,
-                fields.access_token,
-                fields.refresh_token,
+                self.cipher.encrypt(fields.access_token),
+                self.cipher.encrypt(fields.refresh_token),
                 fields.access_expires,
                 fields.character_name,
                 fields.token_type,

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    JWTValidationError,
     NotRefreshableTokenError,
     SSOError,
     SSOTransientError,
@@ -165,7 +166,7 @@ class Token:
 
         try:
             fresh = self._store.refresh(self, min_remaining_s=EXPIRY_MARGIN_S)
-        except SSOTransientError as exc:
+        except (SSOTransientError, JWTValidationError) as exc:
             raise TokenExpiredError(
                 f"token {self.id} expired and the SSO could not refresh it now",
                 token_id=self.id,
@@ -216,6 +217,12 @@ class Token:
                 continue
             return token
         return False
+
+    def replaced(self, **changes: Any) -> Token:
+        """A copy of this snapshot with some fields changed (nothing is stored)."""
+        values = {name: getattr(self, name) for name in (*COLUMNS, "scopes")}
+        values.update(changes)
+        return Token(self._store, values)
 
     def _assign(self, other: Token) -> None:
         for name in (*COLUMNS, "scopes"):

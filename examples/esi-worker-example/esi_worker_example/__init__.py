@@ -1,0 +1,1 @@
+"""An example esi-worker job plugin, installed and tested like any third-party one."""

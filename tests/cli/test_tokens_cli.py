@@ -1,0 +1,112 @@
+"""``esi-worker tokens``: list, show, revoke, import, re-encrypt, new key."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from worker.crypto import PREFIX, TokenCipher
+from worker.errors import SSOGrantError
+
+ASSETS = "esi-assets.read_assets.v1"
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "esi-worker")
+
+
+@pytest.fixture
+def cli(settings, emulator):
+    """Run ``esi-worker`` in a process of its own, on the test settings."""
+
+    def run(*args: str, keys: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
+        env.update(
+            ESI_WORKER_DATABASE_URL=settings.database_url,
+            ESI_WORKER_DATA_DIR=str(settings.data_dir),
+            ESI_WORKER_SSO_BASE_URL=emulator.base_url,
+            ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
+            ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
+        )
+        if keys is not None:
+            env["ESI_WORKER_TOKEN_KEYS"] = keys
+        return subprocess.run(
+            [SCRIPT, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def token(runtime, emulator):
+    grant = emulator.create_grant(
+        character_id=97000001, character_name="Cli Pilot", scopes=[ASSETS]
+    )
+    return runtime.tokens.import_grant(grant, user="alice")
+
+
+def test_list_and_show_describe_tokens_without_their_secrets(cli, token):
+    # when the tokens are listed and one is shown
+    listed = cli("tokens", "list")
+    shown = cli("tokens", "show", str(token.id))
+
+    # then both name the token, and neither shows a secret
+    assert listed.returncode == 0 and "Cli Pilot" in listed.stdout
+    assert shown.returncode == 0, shown.stderr
+    assert "97000001 (Cli Pilot)" in shown.stdout and ASSETS in shown.stdout
+    for output in (listed.stdout + listed.stderr, shown.stdout + shown.stderr):
+        assert token.refresh_token not in output
+        assert token.access_token not in output
+
+
+def test_revoke_tells_the_sso_and_marks_the_token(cli, token, runtime, emulator):
+    # when the operator revokes the token
+    result = cli("tokens", "revoke", str(token.id), "--reason", "left the corp")
+
+    # then it is revoked with the reason, kept, and dead at the SSO too
+    assert result.returncode == 0, result.stderr
+    row = runtime.tokens.get(token.id)
+    assert (row.state, row.state_reason) == ("revoked", "left the corp")
+    assert "revoked" in cli("tokens", "list", "--all").stdout
+    with pytest.raises(SSOGrantError, match="invalid_grant"):
+        runtime.tokens.sso.refresh(token.refresh_token)
+
+
+def test_show_and_revoke_of_a_missing_token_fail_clearly(cli, runtime):
+    # when a token id that does not exist is shown and revoked
+    for command in ("show", "revoke"):
+        result = cli("tokens", command, "424242")
+
+        # then the command fails naming the id
+        assert result.returncode != 0 and "424242" in result.stderr
+
+
+def test_reencrypt_moves_every_secret_to_a_new_first_key(cli, token, settings):
+    # given the key the tokens were written with, and a new one
+    old = (settings.data_dir / "token.key").read_text().strip()
+    new = cli("tokens", "new-key").stdout.strip()
+    TokenCipher([new])
+
+    # when the new key is put first and the secrets re-encrypted
+    result = cli("tokens", "reencrypt", keys=f"{new},{old}")
+
+    # then the token now reads with the new key alone
+    assert result.returncode == 0 and "1 tokens" in result.stdout
+    shown = cli("tokens", "show", str(token.id), keys=new)
+    assert shown.returncode == 0, shown.stderr
+    without = cli("tokens", "show", str(token.id), keys=old)
+    assert without.returncode != 0 and "ESI_WORKER_TOKEN_KEYS" in without.stderr
+    assert PREFIX not in shown.stdout
+
+
+def test_import_django_esi_reports_a_missing_source_table(cli, settings, runtime):
+    # when our own database is given as the django-esi source
+    result = cli("tokens", "import-django-esi", "--from", settings.database_url)
+
+    # then the command fails naming the missing table
+    assert result.returncode != 0 and "esi_token_scopes" in result.stderr

@@ -1,0 +1,170 @@
+"""Importing tokens from a django-esi database: complete, idempotent, all or nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from worker.django_import import import_django_esi
+from worker.errors import ConfigurationError, IncompleteResponseError
+from worker.tokens import VALID
+
+ASSETS = "esi-assets.read_assets.v1"
+SKILLS = "esi-skills.read_skills.v1"
+
+# django-esi's tables, as its migrations create them (PostgreSQL backend).
+DJANGO_ESI_SCHEMA = """
+CREATE TABLE esi_scope (
+    id serial PRIMARY KEY,
+    name varchar(100) NOT NULL UNIQUE,
+    help_text text NOT NULL DEFAULT ''
+);
+CREATE TABLE esi_token (
+    id serial PRIMARY KEY,
+    created timestamptz NOT NULL,
+    access_token text NOT NULL,
+    refresh_token text NULL,
+    user_id integer NULL,
+    character_id integer NOT NULL,
+    character_name varchar(100) NOT NULL,
+    token_type varchar(100) NOT NULL,
+    character_owner_hash varchar(254) NOT NULL,
+    sso_version integer NOT NULL DEFAULT 2
+);
+CREATE TABLE esi_token_scopes (
+    id serial PRIMARY KEY,
+    token_id integer NOT NULL REFERENCES esi_token (id),
+    scope_id integer NOT NULL REFERENCES esi_scope (id),
+    UNIQUE (token_id, scope_id)
+);
+"""
+
+
+@pytest.fixture
+def django_db(database_url: str) -> Iterator[str]:
+    """A scratch database holding django-esi's tables, dropped afterwards."""
+    admin = conninfo_to_dict(database_url)
+    name = f"django_esi_{secrets.token_hex(4)}"
+    admin_url = make_conninfo(**{**admin, "dbname": "postgres"})
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(**{**admin, "dbname": name})
+    with psycopg.connect(url) as conn:
+        conn.execute(DJANGO_ESI_SCHEMA)
+    yield url
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _add_django_token(url, emulator, character_id, scopes, user_id=None, **over):
+    grant = emulator.create_grant(
+        character_id=character_id, character_name=f"Pilot {character_id}", scopes=scopes
+    )
+    values = {
+        "created": dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+        "access_token": grant.access_token,
+        "refresh_token": grant.refresh_token,
+        "user_id": user_id,
+        "character_id": character_id,
+        "character_name": f"Pilot {character_id}",
+        "token_type": "character",
+        "character_owner_hash": grant.owner_hash,
+    }
+    values.update(over)
+    with psycopg.connect(url) as conn:
+        token_id = conn.execute(
+            f"INSERT INTO esi_token ({', '.join(values)}) VALUES"
+            f" ({', '.join(['%s'] * len(values))}) RETURNING id",
+            list(values.values()),
+        ).fetchone()[0]
+        for scope in scopes:
+            conn.execute(
+                "INSERT INTO esi_scope (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (scope,),
+            )
+            conn.execute(
+                "INSERT INTO esi_token_scopes (token_id, scope_id)"
+                " SELECT %s, id FROM esi_scope WHERE name = %s",
+                (token_id, scope),
+            )
+    return grant
+
+
+def test_every_django_esi_token_is_imported_and_refreshable(
+    django_db, emulator, runtime
+):
+    # given a django-esi database with three tokens (one of a user, one scopeless)
+    _add_django_token(django_db, emulator, 96000001, [ASSETS, SKILLS], user_id=7)
+    _add_django_token(django_db, emulator, 96000002, [ASSETS])
+    _add_django_token(django_db, emulator, 96000003, [], refresh_token=None)
+    store = runtime.tokens
+
+    # when it is imported
+    summary = import_django_esi(django_db, store)
+
+    # then all three are stored with their scopes and users, and refresh works
+    assert summary.inserted == 3
+    tokens = {t.character_id: t for t in store.query().including_dead()}
+    assert tokens[96000001].scopes == (ASSETS, SKILLS)
+    assert tokens[96000001].user_id == "7"
+    assert tokens[96000003].refresh_token is None
+    assert store.refresh_due().success == 2
+    assert store.get(tokens[96000001].id).state == VALID
+
+
+def test_importing_twice_changes_nothing_and_never_overwrites_a_rotated_token(
+    django_db, emulator, runtime
+):
+    # given an imported token that the worker has since refreshed (rotated)
+    emulator.configure(rotation="rotate_reject_old")
+    _add_django_token(django_db, emulator, 96000011, [ASSETS])
+    store = runtime.tokens
+    import_django_esi(django_db, store)
+    token = store.query().get()
+    token.refresh()
+
+    # when the same database is imported again
+    summary = import_django_esi(django_db, store)
+
+    # then nothing changed: the rotated refresh token is still the stored one
+    assert summary.unchanged == 1 and summary.inserted == summary.merged == 0
+    assert store.get(token.id).refresh_token == token.refresh_token
+    assert store.query().count() == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ({"character_owner_hash": ""}, "character_owner_hash"),
+        ({"access_token": ""}, "access_token"),
+        ({"character_name": ""}, "character_name"),
+    ],
+    ids=["no-owner-hash", "no-access-token", "no-character-name"],
+)
+def test_one_bad_row_imports_nothing_and_names_the_row(
+    django_db, emulator, runtime, override, problem
+):
+    # given a good token and a broken one
+    grant = _add_django_token(django_db, emulator, 96000021, [ASSETS])
+    _add_django_token(django_db, emulator, 96000022, [ASSETS], **override)
+
+    # when the database is imported
+    with pytest.raises(IncompleteResponseError, match=problem) as caught:
+        import_django_esi(django_db, runtime.tokens)
+
+    # then the error names the row, shows no secret, and nothing was stored
+    assert "django-esi token 2" in str(caught.value)
+    assert grant.refresh_token not in str(caught.value)
+    assert runtime.tokens.query().including_dead().count() == 0
+
+
+def test_a_database_without_django_esi_tables_is_refused(database_url, runtime):
+    # given our own database, which has esi_token but no esi_token_scopes
+    # when it is given as a django-esi source
+    with pytest.raises(ConfigurationError, match="esi_token_scopes"):
+        import_django_esi(database_url, runtime.tokens)

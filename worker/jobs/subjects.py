@@ -1,0 +1,171 @@
+"""Who a job runs for: the subjects of each fan-out, and the token of a run.
+
+Per-corporation jobs need a token of a member with the scopes and, when
+the job names corporation roles, with those roles in the game. The
+corporation of a character comes from ESI's public character route and
+the roles from ``get_characters_character_id_roles`` (scope
+``esi-characters.read_corporation_roles.v1``); both answers go through the
+ESI response cache, so a fan-out over many members costs few requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ESIError, JobSkipped
+from .declaration import FanOut, Job
+from .records import PlannedRun
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+    from ..tokens import Token
+
+log = logging.getLogger(__name__)
+
+ONCE_SUBJECT = 0
+# A template's due time; the scheduler replaces it with the real one.
+_UNSET = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def subjects(runtime: Runtime, job: Job) -> dict[int, PlannedRun]:
+    """Every subject ``job`` runs for now, as a run template (due unset)."""
+    if job.fan_out is FanOut.ONCE:
+        return {ONCE_SUBJECT: _template(ONCE_SUBJECT)}
+    tokens = _scoped_ids(runtime, job)
+    if job.fan_out is FanOut.PER_TOKEN:
+        return {t: _template(t, character_id=c) for t, c in tokens}
+    if job.fan_out is FanOut.PER_CHARACTER:
+        ids = {c for _, c in tokens}
+        return {c: _template(c, character_id=c) for c in sorted(ids)}
+    found = {corporation_of(runtime, c) for c in {c for _, c in tokens}}
+    corporations = sorted(c for c in found if c is not None)
+    return {c: _template(c, corporation_id=c) for c in corporations}
+
+
+def token_for(
+    runtime: Runtime,
+    job: Job,
+    subject: int,
+    character_id: int | None,
+    corporation_id: int | None,
+) -> Token | None:
+    """The token of one run, looked up now; ``None`` for runs without one.
+
+    :raises JobSkipped: when no usable token is left for the subject.
+    """
+    if job.fan_out is FanOut.PER_TOKEN:
+        token = runtime.tokens.get(subject)
+        if (
+            token is None
+            or token.state != "valid"
+            or not set(job.scopes) <= set(token.scopes)
+        ):
+            raise JobSkipped(f"token {subject} is gone, dead or lacks {job.scopes}")
+        return token
+    if job.fan_out is FanOut.PER_CORPORATION and corporation_id is not None:
+        return member_token(runtime, job, corporation_id)
+    if character_id is None or not job.scopes:
+        return None
+    query = runtime.tokens.query().filter(character_id=character_id)
+    token = query.require_scopes(job.scopes).require_valid().first()
+    if token is None:
+        raise JobSkipped(
+            f"no valid token of character {character_id} holds {job.scopes}"
+        )
+    return token
+
+
+def member_token(runtime: Runtime, job: Job, corporation_id: int) -> Token:
+    """The first token of a member of the corporation with the scopes and roles.
+
+    :raises JobSkipped: when no member qualifies.
+    """
+    for token in _scoped(runtime, job):
+        if corporation_of(runtime, token.character_id) != corporation_id:
+            continue
+        if has_roles(token, job.roles):
+            return token
+    raise JobSkipped(
+        f"no member of corporation {corporation_id} has a valid token with "
+        f"{job.token_scopes} and the roles {list(job.roles)}"
+    )
+
+
+def corporation_of(runtime: Runtime, character_id: int) -> int | None:
+    """The character's corporation, from ESI's public character route."""
+    operation = runtime.esi.client.Character.get_characters_character_id
+    try:
+        data = operation(character_id=character_id).result()
+    except ESIError as exc:
+        log.warning(
+            "corporation of character %r unknown: %s",
+            character_id,
+            exc,
+            extra={"character_id": character_id},
+        )
+        return None
+    return int(_field(data, "corporation_id"))
+
+
+def has_roles(token: Token, roles: Iterable[str]) -> bool:
+    """True when the token's character holds every one of ``roles``."""
+    needed = set(roles)
+    if not needed:
+        return True
+    client = token.get_esi_client()
+    operation = client.Character.get_characters_character_id_roles
+    try:
+        data = operation(character_id=token.character_id).result()
+    except ESIError as exc:
+        log.warning(
+            "roles of character %r unknown: %s",
+            token.character_id,
+            exc,
+            extra={"character_id": token.character_id},
+        )
+        return False
+    return roles_satisfy(_field(data, "roles") or (), needed)
+
+
+def roles_satisfy(held: Iterable[str], needed: Iterable[str]) -> bool:
+    """Whether ``held`` covers ``needed``; a Director holds every role in game."""
+    have = set(held)
+    return "Director" in have or set(needed) <= have
+
+
+def _scoped(runtime: Runtime, job: Job) -> Iterable[Token]:
+    # Only tokens in state valid are seen; none is refreshed just to be
+    # looked at (a thousand characters would mean a thousand SSO calls).
+    return runtime.tokens.query().require_scopes(job.token_scopes)
+
+
+def _scoped_ids(runtime: Runtime, job: Job) -> list[tuple[int, int]]:
+    """``(token id, character id)`` of valid tokens holding the job's scopes.
+
+    Read straight from the token tables: planning needs ids only, and
+    building tokens would decrypt every secret on every tick.
+    """
+    scopes = list(job.token_scopes)
+    with runtime.pool.connection() as conn:
+        rows = conn.execute(_SCOPED_IDS, (scopes, len(scopes))).fetchall()
+    return [(int(token_id), int(character_id)) for token_id, character_id in rows]
+
+
+_SCOPED_IDS = (
+    "SELECT t.id, t.character_id FROM esi_token t"
+    " JOIN esi_token_scope ts ON ts.token_id = t.id"
+    " JOIN esi_scope s ON s.id = ts.scope_id"
+    " WHERE t.state = 'valid' AND s.name = ANY(%s)"
+    " GROUP BY t.id HAVING count(*) = %s ORDER BY t.id"
+)
+
+
+def _template(subject: int, **ids: Any) -> PlannedRun:
+    return PlannedRun(subject=subject, due=_UNSET, **ids)
+
+
+def _field(data: Any, name: str) -> Any:
+    return data[name] if isinstance(data, dict) else getattr(data, name)

@@ -1,0 +1,107 @@
+"""Scheduler leadership through a PostgreSQL advisory lock.
+
+The leader holds a session-level advisory lock on a connection of its
+own. PostgreSQL releases the lock when that session ends, so a leader
+that dies (even by SIGKILL, or by losing the network) frees the lock and
+a follower, which tries again on every tick, takes over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import psycopg
+
+from .db import describe_database
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+
+
+class Leadership:
+    """One candidate for leadership; :meth:`check` is cheap enough for every tick."""
+
+    def __init__(self, database_url: str, key: int, *, name: str = "scheduler") -> None:
+        self._url = database_url
+        self._key = key
+        self._name = name
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._leading = False
+
+    @property
+    def is_leader(self) -> bool:
+        """True while this candidate held the lock at the last check."""
+        return self._leading
+
+    def check(self) -> bool:
+        """Confirm the lock is still held, or try to take it; returns leadership.
+
+        A lost connection means a lost lock: leadership is given up at once
+        and retried on the next check.
+        """
+        with self._lock:
+            if self._leading and self._alive():
+                return True
+            if self._leading:
+                log.warning(
+                    "%s lost leadership: its database session ended", self._name
+                )
+                self._drop()
+            self._leading = self._try_acquire()
+            return self._leading
+
+    def release(self) -> None:
+        """Give the lock up (closing the session frees it too)."""
+        with self._lock:
+            if self._leading:
+                log.info("%s gives up leadership", self._name)
+            self._drop()
+
+    def _try_acquire(self) -> bool:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    # The pid lets an operator find the leader from pg_locks.
+                    application_name=f"esi-worker {self._name} pid={os.getpid()}",
+                )
+            row = self._conn.execute(
+                "SELECT pg_try_advisory_lock(%s)", (self._key,)
+            ).fetchone()
+        except psycopg.Error as exc:
+            log.warning(
+                "%s cannot reach PostgreSQL at %s for leadership: %s",
+                self._name,
+                describe_database(self._url),
+                type(exc).__name__,
+            )
+            self._drop()
+            return False
+        acquired = bool(row and row[0])
+        if acquired:
+            log.info("%s is now the leader", self._name)
+        return acquired
+
+    def _alive(self) -> bool:
+        try:
+            assert self._conn is not None
+            self._conn.execute("SELECT 1")
+        except (psycopg.Error, AssertionError):
+            return False
+        return True
+
+    def _drop(self) -> None:
+        self._leading = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass  # the session is gone either way, and so is its lock
+        self._conn = None

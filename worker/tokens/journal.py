@@ -1,0 +1,126 @@
+"""The refresh journal: what a refresh in flight must not lose if it dies.
+
+A refresh holds its token's row lock in one transaction from the claim to
+the commit. If the worker dies after the SSO answered but before the
+commit, that transaction rolls back, and with rotation the SSO may already
+have retired the stored refresh token. So, outside that transaction, the
+journal records that a refresh started and, once the SSO answered, the new
+refresh token (encrypted). The next refresh of the token adopts it, or,
+when nothing was saved and the SSO refuses the old one, says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from ..crypto import TokenCipher
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class JournalEntry:
+    """A refresh that started and never committed: when, and what it got."""
+
+    started: dt.datetime
+    refresh_token: str | None = dataclasses.field(repr=False)
+    received: dt.datetime | None
+
+
+class RefreshJournal:
+    """Writes on its own autocommit connection; reads and clears in the caller's.
+
+    The writes use ``synchronous_commit = off``: they must survive the
+    worker dying, not the database server crashing, and so need not wait
+    for a flush to disk. One connection, opened on first use, serves every
+    thread (a write takes microseconds): a refresh waiting for its row lock
+    while holding a pooled connection must never also need a second one.
+    """
+
+    def __init__(self, pool: ConnectionPool, cipher: TokenCipher) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._holder: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        # Closes the connection when the journal is collected or at exit.
+        self._finalizer = weakref.finalize(self, _close_all, self._holder)
+
+    def __repr__(self) -> str:
+        return "<RefreshJournal>"
+
+    def started(self, token_id: int, now: dt.datetime) -> None:
+        """Record that a refresh of ``token_id`` is about to call the SSO.
+
+        An entry left by an earlier, unfinished refresh is kept as it is:
+        its time and refresh token are what the next refresh needs to know.
+        """
+        self._write(
+            "INSERT INTO esi_token_refresh_journal (token_id, started)"
+            " VALUES (%s, %s) ON CONFLICT (token_id) DO NOTHING",
+            (token_id, now),
+        )
+
+    def received(self, token_id: int, refresh_token: str, now: dt.datetime) -> None:
+        """Record the refresh token the SSO just handed out for ``token_id``."""
+        self._write(
+            "UPDATE esi_token_refresh_journal SET refresh_token = %s,"
+            " received = %s WHERE token_id = %s",
+            (self._cipher.encrypt(refresh_token), now, token_id),
+        )
+
+    @staticmethod
+    def clear(conn: psycopg.Connection[Any], token_id: int) -> None:
+        """Drop the entry, inside the transaction that stores the outcome."""
+        conn.execute(
+            "DELETE FROM esi_token_refresh_journal WHERE token_id = %s", (token_id,)
+        )
+
+    def close(self) -> None:
+        """Close the journal's connection (it reopens on the next write)."""
+        with self._lock:
+            _close_all(self._holder)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        # A journal that cannot be written only weakens crash recovery; the
+        # refresh itself goes on.
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    self._connection().execute(sql, params)
+                    return
+                except psycopg.OperationalError as exc:
+                    _close_all(self._holder)
+                    if attempt == 2:
+                        log.warning(
+                            "refresh journal not written (%s)", type(exc).__name__
+                        )
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._holder and not self._holder[0].closed:
+            return self._holder[0]
+        _close_all(self._holder)
+        conninfo = self._pool.conninfo
+        conninfo = conninfo() if callable(conninfo) else conninfo
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute("SET synchronous_commit = off")
+        self._holder.append(conn)
+        return conn
+
+
+def _close_all(holder: list[psycopg.Connection[Any]]) -> None:
+    while holder:
+        conn = holder.pop()
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
