@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -59,11 +60,26 @@ def test_one_candidate_leads_and_a_follower_takes_over_when_its_session_dies(
             " AND objid = %s",
             (frozen_runtime.settings.scheduler_lock_key,),
         )
+        # pg_terminate_backend only signals: wait until the lock is let go.
+        _wait_for_lock_release(conn, frozen_runtime.settings.scheduler_lock_key)
 
     # then: the follower leads on its next try, and the old leader knows it lost
     assert second.check()
     assert not first.check()
     assert second.check() and second.is_leader
+
+
+def _wait_for_lock_release(conn: psycopg.Connection[Any], key: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s",
+            (key,),
+        ).fetchone()
+        if held is not None and held[0] == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the terminated leader's advisory lock was never released")
 
 
 @pytest.mark.parametrize(

@@ -105,6 +105,7 @@ class EsiHttpClient(RequestsClient):
         retries = self.settings.esi_retries if retries is None else retries
         name = operation_name(operation)
         attempt = 0
+        renewed = False
         while True:
             try:
                 response = self._send_once(request_params, operation, timeout_s)
@@ -112,6 +113,10 @@ class EsiHttpClient(RequestsClient):
                 failure = f"{type(exc).__name__}: {exc}"
                 status = None
             else:
+                if response.status_code == 401 and not renewed:
+                    renewed = self._renew_access_token(operation, name)
+                    if renewed:
+                        continue
                 if response.status_code not in TRANSIENT_STATUSES:
                     return response
                 failure = f"status {response.status_code}"
@@ -193,6 +198,25 @@ class EsiHttpClient(RequestsClient):
             extra={"operation": name, "status": response.status_code},
         )
         return response
+
+    def _renew_access_token(self, operation: Operation | None, name: str) -> bool:
+        """After a 401, refresh the token once and say whether to send again.
+
+        ESI answers 401 to an access token it no longer accepts before its
+        expiry (the SSO rotated its signing key, or the grant was revoked);
+        one forced refresh tells which, and a dead grant raises from here.
+        """
+        token = self.token
+        if token is None or not needs_token(operation):
+            return False
+        if not getattr(token, "can_refresh", False) or not hasattr(token, "refresh"):
+            return False
+        log.info(
+            "ESI %s refused the access token of character %r; refreshing it once",
+            name, token.character_id, extra={"operation": name},
+        )
+        token.refresh()
+        return True
 
     def _acquire(self, operation: Operation | None, name: str) -> Permit:
         declared = declared_bucket(operation.op_spec) if operation else None
