@@ -311,13 +311,17 @@ def _workload_seen(run: ObservedRun) -> bool:
     # Two finished rounds of the paged job and several refreshes, scraped.
     rounds = run.query('sum(esi_worker_job_runs_total{job="market_orders"})')
     refreshes = run.query('sum(esi_worker_token_refreshes_total{outcome="success"})')
-    # Revalidations need a cache lifetime to pass first: wait for one 304.
-    not_modified = run.query("sum(esi_worker_esi_not_modified_total)")
+    # Revalidations need a cache lifetime to pass first, and a rate needs
+    # two scrapes of a series: wait until the 304 counters have a rate.
+    revalidated = all(
+        run.query(f"sum(rate({name}[5m]))")
+        for name in ("esi_worker_esi_not_modified_total",
+                     "esi_worker_cache_revalidations_total")
+    )
     return (
-        bool(rounds and refreshes and not_modified)
+        bool(rounds and refreshes and revalidated)
         and float(rounds[0]["value"][1]) >= 3
         and float(refreshes[0]["value"][1]) >= 4
-        and float(not_modified[0]["value"][1]) >= 1
     )
 
 

@@ -355,3 +355,75 @@ def test_cached_authed_answer_is_never_given_to_another_character(
     # then ESI was asked (and refused), the cache answered nothing
     assert caught.value.status == 403
     assert emulator.stats()["esi_requests"] == sent + 1
+
+
+# -- kept answers of the in-process cache ----------------------------------------
+
+
+def test_a_caller_changing_its_cached_data_changes_no_other_callers_data(
+    esi_requests, client
+) -> None:
+    # given an answer and a page, each cached and already served from the cache
+    def pyerite():
+        return client.Universe.get_universe_types_type_id(type_id=35).result()
+
+    def orders():
+        return client.Market.get_markets_region_id_orders(
+            region_id=19000001, order_type="all", page=1
+        ).result()
+
+    pyerite(), orders()
+    mine, my_orders = pyerite(), orders()
+
+    # when one caller changes what it was given
+    mine["name"] = "changed"
+    my_orders[0]["price"] = -1.0
+    my_orders.reverse()
+    my_orders.append({"order_id": 0})
+
+    # then the next hits are untouched, and no request was sent again
+    theirs, their_orders = pyerite(), orders()
+    assert theirs["name"] == "Pyerite"
+    assert len(their_orders) == 1000 and their_orders[0]["price"] != -1.0
+    assert their_orders[0]["order_id"] == min(o["order_id"] for o in their_orders)
+    assert esi_requests() == 2
+
+
+def test_a_kept_answer_counts_in_the_memory_cache_bytes(client, cache) -> None:
+    # given one page cached
+    future = client.Market.get_markets_region_id_orders(
+        region_id=19000001, order_type="all", page=1
+    )
+    future.result()
+    stored = cache.bytes_used
+
+    # when it is served from the cache (and its parsed answer kept)
+    future.result()
+
+    # then the kept answer is counted, and freed with its entry
+    assert cache.bytes_used > 3 * stored
+    cache.clear()
+    assert cache.bytes_used == 0
+
+
+def test_a_failing_keep_decoded_does_not_fail_the_call(
+    emulator, esi_settings, clock
+) -> None:
+    # given an in-process cache whose keep_decoded breaks
+    class BrokenKeeping(MemoryCache):
+        def keep_decoded(self, *args) -> None:
+            raise RuntimeError("broken")
+
+    client = esi_client_factory(
+        settings=esi_settings, cache=BrokenKeeping(clock=clock), clock=clock
+    )
+    errors = metrics.CACHE_ERRORS.labels("BrokenKeeping")
+    before = errors._value.get()
+    client.Universe.get_universe_types_type_id(type_id=35).result()
+
+    # when
+    data = client.Universe.get_universe_types_type_id(type_id=35).result()
+
+    # then
+    assert data["name"] == "Pyerite"
+    assert errors._value.get() - before == 1

@@ -59,6 +59,9 @@ class EmulatorConfig:
     esi_mutations: tuple[Mapping[str, Any], ...] = ()
     legacy_swagger: bool = True
     cursor_records: int = 250
+    character_roles: Mapping[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -89,6 +92,11 @@ class EmulatorConfig:
             parse_limit(limit, what=f"bucket_overrides[{group!r}]")
         if not self.compatibility_dates:
             raise ConfigurationError("compatibility_dates must not be empty")
+        # Normalised here, not in replace(): a config built directly must
+        # match request paths too (ids as text, as JSON keys are).
+        roles = _character_roles(self.character_roles)
+        object.__setattr__(self, "character_roles", roles)
+        _check_character_roles(roles)
 
     def replace(self, **switches: Any) -> EmulatorConfig:
         """A copy with ``switches`` changed; names and values are checked.
@@ -151,6 +159,41 @@ def _coerce(switches: dict[str, Any]) -> dict[str, Any]:
     if "bucket_overrides" in out:
         out["bucket_overrides"] = dict(out["bucket_overrides"] or {})
     return out
+
+
+def _character_roles(value: Any) -> dict[str, tuple[str, ...]]:
+    """``{character id: (role, ...)}`` with the ids as text."""
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"character_roles must map character ids to role lists, got {value!r}"
+        )
+    out = {}
+    for character, roles in value.items():
+        if isinstance(roles, str) or not isinstance(roles, (list, tuple, set)):
+            raise ConfigurationError(
+                f"character_roles[{character!r}] must be a list of roles"
+            )
+        out[str(character).strip()] = tuple(roles)
+    return out
+
+
+def _check_character_roles(value: Mapping[str, tuple[str, ...]]) -> None:
+    if not value:
+        return
+    # The names come from the bundled spec; loaded only when roles are set.
+    from .synthetic import corporation_roles
+
+    known = corporation_roles()
+    for character, roles in value.items():
+        if not str(character).isdigit():
+            raise ConfigurationError(
+                f"character_roles keys must be character ids, got {character!r}"
+            )
+        unknown = sorted(str(r) for r in set(roles) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"character_roles[{character!r}]: unknown role(s) {unknown}"
+            )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -34,7 +34,7 @@ from .messages import (
     text_response,
 )
 from .operations import Match, Operation, OperationTable, SpecDocuments
-from .recordings import RecordingLibrary, normalize_language
+from .recordings import RecordingLibrary, Snapshot, normalize_language
 from .state import EmulatorState
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,15 @@ class ESIService:
         path_character = call.match.path_params.get("character_id")
         if path_character is not None and int(path_character) != call.character_id:
             return error_response(403, "token is not valid for this character")
+        if op.required_roles and not synthetic.holds_required_role(
+            self._roles_of(call.character_id), op.required_roles
+        ):
+            return error_response(403, "Character does not have required role(s)")
         return None
+
+    def _roles_of(self, character_id: int | None) -> tuple[str, ...]:
+        roles = self._state.switches.character_roles
+        return roles.get(str(character_id), ()) if character_id is not None else ()
 
     def _identify(self, call: _Call) -> None:
         """Verify the access token, if any, and note whose it is."""
@@ -291,9 +299,11 @@ class ESIService:
                 )
             language = normalize_language(language_tag)
 
-        found = self._library.find(op.operation_id, call.match.path_params, language)
-        if found is None and _is_synthetic_market(op, call.match.path_params):
-            found = (synthetic.market_snapshot(), None)
+        found = self._synthetic(op, call)
+        if found is None:
+            found = self._library.find(
+                op.operation_id, call.match.path_params, language
+            )
         if found is None:
             return error_response(
                 404, "Not found: the emulator has no recording for this request"
@@ -335,6 +345,18 @@ class ESIService:
         ):
             return Response(304, headers, b"")
         return json_bytes_response(recording.status, body, headers)
+
+    def _synthetic(
+        self, op: Operation, call: _Call
+    ) -> tuple[Snapshot, str | None] | None:
+        """The generated answer of a synthetic route, else None (see synthetic)."""
+        assert call.match is not None
+        if op.operation_id == synthetic.ROLES_OPERATION:
+            # _check_auth made sure the path names the token's character.
+            return synthetic.roles_snapshot(self._roles_of(call.character_id)), None
+        if _is_synthetic_market(op, call.match.path_params):
+            return synthetic.market_snapshot(), None
+        return None
 
     def _mutation(self, path: str) -> dict[str, Any] | None:
         for mutation in self._state.switches.esi_mutations:

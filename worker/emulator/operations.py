@@ -44,6 +44,8 @@ class Operation:
     cached_seconds: int | None
     int_params: frozenset[str]
     rate_limit: tuple[str, int, float] | None
+    # ``x-required-roles``: a character needs any one of them (or Director).
+    required_roles: tuple[str, ...] = ()
 
     @property
     def authed(self) -> bool:
@@ -214,6 +216,7 @@ def _operation(
         cached,
         int_params,
         rate_limit,
+        tuple(spec.get("x-required-roles") or ()),
     )
 
 

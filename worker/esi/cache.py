@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import email.utils
 import hashlib
-import json
 import logging
 import math
 import threading
@@ -20,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
+import orjson
+
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
 
@@ -27,12 +28,15 @@ if TYPE_CHECKING:
     import redis
 
     from ..settings import Settings
+    from .copies import JsonCopier
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "esi-worker:esi:"
 STALE_KEEP_S = 86400.0
 """How long an entry with an ETag is kept past its expiry for revalidation."""
+
+_DECODED = "decoded"
 
 KEPT_HEADERS = (
     "Cache-Control",
@@ -56,6 +60,14 @@ class CachedResponse:
     body: str
     expires_at: float
     etag: str | None = None
+    kept: dict[str, Any] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """What an in-process cache keeps beside the entry; never stored."""
+
+    def decoded(self) -> JsonCopier | None:
+        """The parsed answer an in-process cache keeps beside the entry."""
+        return self.kept.get(_DECODED)
 
     def is_fresh(self, now: float) -> bool:
         """Whether the entry may be served without asking ESI."""
@@ -67,9 +79,17 @@ class CachedResponse:
         head = sum(len(k) + len(v) for k, v in self.headers.items())
         return len(self.body) + head + 64
 
-    def to_json(self) -> str:
-        """The entry as JSON text (never pickle: a shared cache is untrusted)."""
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+    def to_json(self) -> bytes:
+        """The entry as JSON (never pickle: a shared cache is untrusted)."""
+        return orjson.dumps(
+            {
+                "status": self.status,
+                "headers": self.headers,
+                "body": self.body,
+                "expires_at": self.expires_at,
+                "etag": self.etag,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CachedResponse:
@@ -78,7 +98,10 @@ class CachedResponse:
         :raises ValueError: when the text is not JSON.
         :raises TypeError: when it is JSON but not such an entry.
         """
-        data = json.loads(text)
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(str(exc)) from None
         if not isinstance(data, dict):
             raise TypeError("cached entry is not a JSON object")
         return cls(
@@ -91,7 +114,12 @@ class CachedResponse:
 
 
 class ResponseCache(Protocol):
-    """What the ESI client asks of a cache backend."""
+    """What the ESI client asks of a cache backend.
+
+    An in-process backend may also offer ``keep_decoded(key, entry,
+    copier)``, as :class:`MemoryCache` does: the client then keeps the
+    parsed answer beside the entry rather than parsing it on every hit.
+    """
 
     def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or ``None``."""
@@ -136,6 +164,19 @@ class MemoryCache:
             self._items.move_to_end(key)
             return item[0]
 
+    def keep_decoded(self, key: str, entry: CachedResponse, copier: JsonCopier) -> None:
+        """Keep the parsed answer of ``entry`` with it, counted in the budget.
+
+        Nothing is kept when ``key`` no longer holds that very entry.
+        """
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0] is not entry or _DECODED in entry.kept:
+                return
+            entry.kept[_DECODED] = copier
+            self._bytes += copier.size
+            self._evict()
+
     def set(self, key: str, entry: CachedResponse, ttl_s: float) -> None:
         """Keep ``entry``; the least recently used entries make room."""
         if ttl_s <= 0 or entry.size > self.max_bytes:
@@ -169,14 +210,14 @@ class MemoryCache:
     def _drop(self, key: str) -> None:
         item = self._items.pop(key, None)
         if item is not None:
-            self._bytes -= item[0].size
+            self._bytes -= _held(item[0])
 
     def _evict(self) -> None:
         while self._items and (
             len(self._items) > self.max_entries or self._bytes > self.max_bytes
         ):
             _key, (entry, _deadline) = self._items.popitem(last=False)
-            self._bytes -= entry.size
+            self._bytes -= _held(entry)
 
 
 class RedisCache:
@@ -240,6 +281,9 @@ class RedisCache:
         return f"RedisCache(prefix={self._prefix!r})"
 
     def _redis(self) -> redis.Redis:
+        client = self._client
+        if client is not None:
+            return client
         with self._lock:
             if self._client is None:
                 import redis
@@ -285,16 +329,15 @@ def cache_key(
         tenant, compatibility date).
     :param character_id: the token's character on authed operations.
     """
-    parts = {
-        "m": method.upper(),
-        "u": url.split("?", 1)[0],
-        "q": sorted((k, _text(v)) for k, v in query.items() if k != "token"),
-        "b": body.decode() if isinstance(body, bytes) else body,
-        "h": sorted((k.lower(), v) for k, v in headers),
-        "c": character_id,
-    }
-    blob = json.dumps(parts, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    parts = (
+        method.upper(),
+        url.split("?", 1)[0],
+        sorted([(k, _text(v)) for k, v in query.items() if k != "token"]),
+        body.decode() if isinstance(body, bytes) else body,
+        sorted([(k.lower(), v) for k, v in headers]),
+        character_id,
+    )
+    return hashlib.sha256(orjson.dumps(parts, default=str)).hexdigest()
 
 
 def freshness_s(headers: Mapping[str, str], now: dt.datetime) -> float | None:
@@ -314,6 +357,11 @@ def freshness_s(headers: Mapping[str, str], now: dt.datetime) -> float | None:
         return None
     served = _http_date(headers.get("Date")) or now
     return _positive(str((expires - served).total_seconds()))
+
+
+def _held(entry: CachedResponse) -> int:
+    copier = entry.decoded()
+    return entry.size + (copier.size if copier is not None else 0)
 
 
 def _cache_control(value: str) -> dict[str, str]:
@@ -346,6 +394,8 @@ def _positive(value: str) -> float | None:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     return str(value)

@@ -6,6 +6,7 @@ and its siblings send (or answer from the cache) when asked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,6 +29,7 @@ from .cache import (
     cache_key,
     freshness_s,
 )
+from .copies import JsonCopier
 from .operations import (
     allowed_languages,
     check_languages,
@@ -57,31 +59,23 @@ _KEY_HEADERS = ("Accept-Language", "X-Tenant", "X-Compatibility-Date")
 class _Answer:
     """A response and its data, decoded on first use.
 
-    Page 1 of a walk is decoded only after the other pages were sent for,
-    so its decoding overlaps their round trips.
+    The pages of a walk are decoded by the caller's thread while the page
+    threads go on sending, so decoding overlaps the round trips.
     """
 
     def __init__(
-        self,
-        data: Any,
-        response: EsiResponse,
-        operation: Operation | None = None,
-        on_decoded: Callable[[], None] | None = None,
+        self, response: EsiResponse, decoder: Callable[[], Any] | None = None
     ) -> None:
         self.response = response
-        self._operation = operation
-        self._data = data
-        self._pending = operation is not None
-        self._on_decoded = on_decoded
+        self._decoder = decoder
+        self._data: Any = None
 
     @property
     def data(self) -> Any:
         """The decoded body; a body that decodes is cached only then."""
-        if self._pending:
-            self._data = decode(self.response, self._operation)
-            self._pending = False
-            if self._on_decoded is not None:
-                self._on_decoded()
+        if self._decoder is not None:
+            self._data = self._decoder()
+            self._decoder = None
         return self._data
 
 
@@ -107,6 +101,13 @@ class CachingHttpFuture(HttpFuture):
         self.from_cache = False
         self.not_modified = False
         self.responses: list[EsiResponse] = []
+        # A call made with its own If-None-Match revalidates by hand.
+        self._cacheable = str(
+            request_params["method"]
+        ).upper() in CACHEABLE_METHODS and not _has_header(
+            request_params, "If-None-Match"
+        )
+        self._keys: dict[tuple[Any, ...], str] = {}
 
     def result(  # type: ignore[override]
         self,
@@ -208,7 +209,8 @@ class CachingHttpFuture(HttpFuture):
         """Page 1, then the others concurrently; 304s beside 200s fetched again."""
         first = self._fetch(self._variant(language, page=1), **args)
         pages = _page_count(first.response, operation_name(self.operation))
-        answers = [first, *self._fetch_pages(range(2, pages + 1), language, args)]
+        answers = [first]
+        answers += self._fetch_pages(range(2, pages + 1), language, args, first)
 
         stale = stale_pages([a.response for a in answers])
         if stale:
@@ -258,22 +260,23 @@ class CachingHttpFuture(HttpFuture):
         retries: int | None = None,
         ignore_cache: bool = False,
     ) -> _Answer:
-        cache = self._cache_for(params)
+        cache = self.http_client.cache if self._cacheable else None
         key = self._key(params) if cache is not None else ""
         entry = None
         if cache is not None and not ignore_cache:
             entry = self._cache_get(cache, key)
 
         name = operation_name(self.operation)
-        if entry is not None and entry.is_fresh(self.http_client.clock.time()):
-            metrics.CACHE_HITS.labels(name).inc()
-            return self._replay(entry, not_modified=False)
+        fresh = entry is not None and entry.is_fresh(self.http_client.clock.time())
+        if fresh and entry is not None and cache is not None:
+            _child(metrics.CACHE_HITS, name).inc()
+            return self._replay(entry, cache, key, not_modified=False)
         if cache is not None:
-            metrics.CACHE_MISSES.labels(name).inc()
+            _child(metrics.CACHE_MISSES, name).inc()
 
         if entry is not None and entry.etag:
             params = _with_header(params, "If-None-Match", entry.etag)
-            metrics.CACHE_REVALIDATIONS.labels(name).inc()
+            _child(metrics.CACHE_REVALIDATIONS, name).inc()
         response = self.http_client.send(
             params, self.operation, timeout_s=timeout, retries=retries
         )
@@ -292,14 +295,14 @@ class CachingHttpFuture(HttpFuture):
         if status == 304 and entry is not None and cache is not None:
             return self._revalidated(response, cache, key, entry)
         if status == 304 and _has_header(self.request_params, "If-None-Match"):
-            return _Answer(None, response)
+            return _Answer(response)
         if not 200 <= status < 300:
             raise error_for(response, self.operation)
 
-        store = None
-        if cache is not None and status == 200:
-            store = functools.partial(self._store, response, cache, key)
-        return _Answer(None, response, self.operation, store)
+        if self.operation is None:
+            return _Answer(response)  # bravado's raw use: nothing to decode
+        store = cache if status == 200 else None
+        return _Answer(response, functools.partial(self._decode, response, store, key))
 
     def _revalidated(
         self,
@@ -317,7 +320,15 @@ class CachingHttpFuture(HttpFuture):
         )
         if lifetime is not None:
             self._cache_set(cache, key, refreshed, lifetime + STALE_KEEP_S)
-        return self._replay(refreshed, not_modified=True)
+        return self._replay(refreshed, cache, key, not_modified=True)
+
+    def _decode(
+        self, response: EsiResponse, cache: ResponseCache | None, key: str
+    ) -> Any:
+        data = decode(response, self.operation)
+        if cache is not None:
+            self._store(response, cache, key)
+        return data
 
     def _store(self, response: EsiResponse, cache: ResponseCache, key: str) -> None:
         lifetime = freshness_s(response.headers, self.http_client.clock.now())
@@ -338,30 +349,79 @@ class CachingHttpFuture(HttpFuture):
         )
         self._cache_set(cache, key, entry, lifetime + (STALE_KEEP_S if etag else 0))
 
-    def _replay(self, entry: CachedResponse, *, not_modified: bool) -> _Answer:
+    def _replay(
+        self,
+        entry: CachedResponse,
+        cache: ResponseCache,
+        key: str,
+        *,
+        not_modified: bool,
+    ) -> _Answer:
         response = EsiResponse.from_cached(entry, not_modified=not_modified)
-        return _Answer(None, response, self.operation)
+        if self.operation is None:
+            return _Answer(response)
+        copier = entry.decoded()
+        if copier is not None:
+            return _Answer(response, copier.copy)
+        decoder = functools.partial(self._decode_cached, response, entry, cache, key)
+        return _Answer(response, decoder)
+
+    def _decode_cached(
+        self,
+        response: EsiResponse,
+        entry: CachedResponse,
+        cache: ResponseCache,
+        key: str,
+    ) -> Any:
+        """A cached body parsed; an in-process cache keeps the parsed answer.
+
+        Kept answers are plain JSON only, and each hit gets its own copy
+        (see :mod:`worker.esi.copies`).
+        """
+        data = decode(response, self.operation)
+        keep = getattr(cache, "keep_decoded", None)
+        if keep is None or not _plain_json(self.operation):
+            return data
+        copier = JsonCopier.of(data, len(entry.body))
+        if copier is None:
+            return data
+        try:
+            keep(key, entry, copier)
+        except Exception as exc:  # noqa: BLE001 (a cache never fails a call)
+            self._cache_failed(cache, "keep_decoded", exc)
+            return data
+        return copier.copy()
 
     def _fetch_pages(
-        self, pages: range, language: str | None, kwargs: dict[str, Any]
+        self,
+        pages: range,
+        language: str | None,
+        kwargs: dict[str, Any],
+        first: _Answer,
     ) -> list[_Answer]:
+        """The pages, each decoded as it arrives, ``first`` in the meantime.
+
+        The page threads only send: a thread decoding its page would send
+        its next page that much later, and every page thread waits on
+        the slowest of its pages.
+        """
         if not pages:
             return []
         workers = min(self.http_client.settings.esi_page_concurrency, len(pages))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esi-page")
         try:
             futures = [
-                pool.submit(self._fetch_decoded, self._variant(language, page=n), kwargs)
+                pool.submit(self._fetch, self._variant(language, page=n), **kwargs)
                 for n in pages
             ]
-            return [future.result() for future in futures]
+            first.data  # noqa: B018 (decoded while the pages are on their way)
+            answers = []
+            for future in futures:
+                answers.append(future.result())
+                answers[-1].data  # noqa: B018
+            return answers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-
-    def _fetch_decoded(self, params: dict[str, Any], kwargs: dict[str, Any]) -> _Answer:
-        answer = self._fetch(params, **kwargs)
-        answer.data  # noqa: B018 (decoded here, in the page's own thread)
-        return answer
 
     # -- helpers -------------------------------------------------------------
 
@@ -381,27 +441,43 @@ class CachingHttpFuture(HttpFuture):
         return params
 
     def _key(self, params: dict[str, Any]) -> str:
-        token = self.http_client.token
-        authed = needs_token(self.operation) and token is not None
-        sent = {**self.http_client.base_headers, **params["headers"]}
+        """The cache key of ``params``, worked out once per future and variant.
+
+        The memo is keyed by what a call can change after the future was
+        made: the query (page, language, cursor), the Accept-Language
+        header and the client's token and headers.
+        """
+        http = self.http_client
+        token = http.token if needs_token(self.operation) else None
+        character_id = token.character_id if token is not None else None
+        query = params["params"]
+        memo = (
+            tuple(query.items()),
+            params["headers"].get("Accept-Language"),
+            character_id,
+            http.datasource,
+            http.settings.esi_compatibility_date,
+        )
+        try:
+            return self._keys[memo]
+        except (KeyError, TypeError):  # TypeError: a list in the query
+            pass
+
+        sent = {**http.base_headers, **params["headers"]}
         body = params.get("data")
         if body is None and params.get("json") is not None:
             body = json.dumps(params["json"], sort_keys=True)
-        return cache_key(
+        key = cache_key(
             params["method"],
             params["url"],
-            params["params"],
+            query,
             body=body,
             headers=[(h, str(sent[h])) for h in _KEY_HEADERS if h in sent],
-            character_id=token.character_id if authed and token else None,
+            character_id=character_id,
         )
-
-    def _cache_for(self, params: dict[str, Any]) -> ResponseCache | None:
-        if str(params["method"]).upper() not in CACHEABLE_METHODS:
-            return None
-        if _has_header(params, "If-None-Match"):
-            return None  # the caller revalidates by hand
-        return self.http_client.cache
+        with contextlib.suppress(TypeError):
+            self._keys[memo] = key
+        return key
 
     def _cache_get(self, cache: ResponseCache, key: str) -> CachedResponse | None:
         try:
@@ -440,9 +516,13 @@ class CachingHttpFuture(HttpFuture):
         return self.operation
 
     def _note(self, answers: list[_Answer]) -> None:
-        self.responses = [answer.response for answer in answers]
-        self.from_cache = all(r.from_cache for r in self.responses)
-        self.not_modified = all(r.not_modified for r in self.responses)
+        self.responses = responses = [answer.response for answer in answers]
+        if len(responses) == 1:
+            self.from_cache = responses[0].from_cache
+            self.not_modified = responses[0].not_modified
+            return
+        self.from_cache = all(r.from_cache for r in responses)
+        self.not_modified = all(r.not_modified for r in responses)
 
     def _shape(self, data: Any, response: EsiResponse) -> Any:
         if self.request_config.also_return_response:
@@ -473,6 +553,19 @@ class PendingRequest(FutureAdapter):
 
 def _same(response: EsiResponse) -> EsiResponse:
     return response
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, label: str) -> Any:
+    # prometheus' labels() takes a lock and builds a tuple on every call:
+    # a tenth of a cache hit. Its children live as long as the metric.
+    return metric.labels(label)
+
+
+def _plain_json(operation: Operation | None) -> bool:
+    return operation is not None and bool(
+        getattr(operation.swagger_spec, "plain_json", False)
+    )
 
 
 def _fetch_args(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -177,13 +177,17 @@ class EsiHttpClient(RequestsClient):
 
         started = time.perf_counter()
         try:
-            raw = self.session.send(prepared, timeout=timeout, allow_redirects=False)
+            # Streamed, so the body is read in one go rather than in 10 kB
+            # pieces, each taking the GIL again beside the other page threads.
+            raw = self.session.send(
+                prepared, timeout=timeout, allow_redirects=False, stream=True
+            )
+            with raw:
+                response = EsiResponse.from_requests(raw)
         except TRANSIENT_EXCEPTIONS as exc:
             metrics.ESI_REQUESTS.labels(name, type(exc).__name__).inc()
             self.limiter.settle(permit, None, {}, name, self.clock)
             raise
-        with raw:
-            response = EsiResponse.from_requests(raw)
         self.limiter.settle(
             permit, response.status_code, response.headers, name, self.clock
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from bravado_core.exception import MatchingResponseNotFound
 from bravado_core.operation import Operation
+from bravado_core.response import get_response_spec
 
 from ..errors import InvalidLanguageError, ScopeMissingError
 
@@ -25,22 +28,71 @@ class TokenLike(Protocol):
     def valid_access_token(self) -> str: ...
 
 
+_FACTS = "_esi_facts"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperationFacts:
+    """What every call of one operation asks again, worked out once.
+
+    Kept on the operation itself (see :func:`facts`): a built spec is
+    shared by every client of the process and never changes, so neither
+    does what is read from it.
+    """
+
+    name: str
+    scope_sets: tuple[tuple[str, ...], ...]
+    paged: bool
+    schemas: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def authed(self) -> bool:
+        """Whether the operation is authenticated."""
+        return bool(self.scope_sets)
+
+    def schema(self, operation: Operation, status: int) -> Any:
+        """The dereferenced body schema of answer ``status``, or ``None``."""
+        try:
+            return self.schemas[status]
+        except KeyError:
+            pass
+        try:
+            spec = get_response_spec(status, operation)
+        except MatchingResponseNotFound:
+            schema = None
+        else:
+            raw = spec.get("schema")
+            schema = None if raw is None else operation.swagger_spec.deref(raw)
+        self.schemas[status] = schema
+        return schema
+
+
+def facts(operation: Operation) -> OperationFacts:
+    """The :class:`OperationFacts` of ``operation``, built on first use."""
+    found = operation.__dict__.get(_FACTS)
+    if found is None:
+        found = OperationFacts(
+            name=operation.operation_id,
+            scope_sets=tuple(_scope_sets(operation)),
+            paged="page" in operation.params,
+        )
+        setattr(operation, _FACTS, found)  # a race builds the same facts twice
+    return found
+
+
 def operation_name(operation: Operation | None) -> str:
     """The operation id, used in logs, errors and metric labels."""
-    return operation.operation_id if operation is not None else "unknown"
+    return facts(operation).name if operation is not None else "unknown"
 
 
 def required_scopes(operation: Operation) -> list[tuple[str, ...]]:
     """The alternatives of scope sets the operation accepts; empty if public."""
-    security = operation.op_spec.get("security")
-    if security is None:
-        security = operation.swagger_spec.spec_dict.get("security", [])
-    return [tuple(s for scopes in req.values() for s in scopes) for req in security]
+    return list(facts(operation).scope_sets)
 
 
 def needs_token(operation: Operation | None) -> bool:
     """Whether the operation is authenticated."""
-    return operation is not None and bool(required_scopes(operation))
+    return operation is not None and bool(facts(operation).scope_sets)
 
 
 def check_token(operation: Operation, token: TokenLike | None) -> None:
@@ -49,7 +101,7 @@ def check_token(operation: Operation, token: TokenLike | None) -> None:
     :raises ScopeMissingError: no token, or none of the accepted scope sets
         is held by the token.
     """
-    alternatives = required_scopes(operation)
+    alternatives = facts(operation).scope_sets
     if not alternatives:
         return
     name = operation.operation_id
@@ -108,4 +160,11 @@ def check_languages(operation: Operation, languages: Iterable[str]) -> list[str]
 
 def is_paged(operation: Operation | None) -> bool:
     """Whether the operation takes a ``page`` parameter."""
-    return operation is not None and "page" in operation.params
+    return operation is not None and facts(operation).paged
+
+
+def _scope_sets(operation: Operation) -> list[tuple[str, ...]]:
+    security = operation.op_spec.get("security")
+    if security is None:
+        security = operation.swagger_spec.spec_dict.get("security", [])
+    return [tuple(s for scopes in req.values() for s in scopes) for req in security]

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-from bravado_core.exception import MatchingResponseNotFound
 from bravado_core.operation import Operation
-from bravado_core.response import IncomingResponse, get_response_spec
+from bravado_core.response import IncomingResponse
 from bravado_core.unmarshal import unmarshal_schema_object
 from requests.structures import CaseInsensitiveDict
 
@@ -21,7 +20,7 @@ except ImportError:  # pragma: no cover
 
 from ..errors import ErrorLimitedError, ESIError, HTTPError, RateLimitedError
 from .cache import CachedResponse
-from .operations import operation_name
+from .operations import facts, operation_name
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +38,17 @@ class EsiResponse(IncomingResponse):
         self,
         status_code: int,
         headers: Mapping[str, str],
-        raw_bytes: bytes,
+        raw_bytes: bytes | None,
         *,
         reason: str = "",
         from_cache: bool = False,
         not_modified: bool = False,
+        body_text: str | None = None,
     ) -> None:
         self.status_code = status_code
-        self.headers = CaseInsensitiveDict(headers)
-        self.raw_bytes = raw_bytes
+        self._headers: Mapping[str, str] = headers
+        self._raw_bytes = raw_bytes
+        self._body_text = body_text
         self.reason = reason
         self.from_cache = from_cache
         self.not_modified = not_modified
@@ -55,11 +56,14 @@ class EsiResponse(IncomingResponse):
 
     @classmethod
     def from_requests(cls, response: requests.Response) -> EsiResponse:
-        """Copy what we need out of a requests response."""
+        """Copy what we need out of a requests response.
+
+        The body of a streamed response is read here, in whole reads.
+        """
         return cls(
             response.status_code,
-            dict(response.headers),
-            response.content,
+            response.headers,
+            b"".join(response.iter_content(chunk_size=None)),
             reason=response.reason or "",
         )
 
@@ -71,24 +75,61 @@ class EsiResponse(IncomingResponse):
         return cls(
             entry.status,
             entry.headers,
-            entry.body.encode("utf-8"),
+            None,
             reason="OK",
             from_cache=not not_modified,
             not_modified=not_modified,
+            body_text=entry.body,
         )
+
+    # A cache hit is answered without looking at its headers or bytes most
+    # of the time: both are built on first use, from the entry's own.
+
+    @property  # type: ignore[override]
+    def headers(self) -> CaseInsensitiveDict[str]:
+        """The answer's headers, case-insensitive."""
+        headers = self._headers
+        if not isinstance(headers, CaseInsensitiveDict):
+            headers = self._headers = CaseInsensitiveDict(headers)
+        return headers
+
+    @headers.setter
+    def headers(self, value: Mapping[str, str]) -> None:
+        self._headers = value
+
+    @property  # type: ignore[override]
+    def raw_bytes(self) -> bytes:
+        """The body as sent by ESI."""
+        raw = self._raw_bytes
+        if raw is None:
+            raw = self._raw_bytes = (self._body_text or "").encode("utf-8")
+        return raw
+
+    @raw_bytes.setter
+    def raw_bytes(self, value: bytes) -> None:
+        self._raw_bytes, self._body_text = value, None
 
     @property
     def text(self) -> str:  # type: ignore[override]
+        if self._body_text is not None:
+            return self._body_text
         return self.raw_bytes.decode("utf-8", errors="replace")
 
     def json(self, **kwargs: Any) -> Any:
         """The body parsed as JSON."""
+        body = self._body_text if self._body_text is not None else self.raw_bytes
         if orjson is not None and not kwargs:
+            # orjson reads a str faster than bytes: it is valid UTF-8 already.
             try:
-                return orjson.loads(self.raw_bytes)
+                return orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise ValueError(str(exc)) from None
-        return json.loads(self.raw_bytes, **kwargs)
+        return json.loads(body, **kwargs)
+
+    @property
+    def has_body(self) -> bool:
+        """Whether any body came with the answer."""
+        return bool(self._body_text if self._raw_bytes is None else self._raw_bytes)
 
     def __repr__(self) -> str:
         return (
@@ -103,8 +144,8 @@ def decode(response: EsiResponse, operation: Operation | None) -> Any:
     :raises ESIError: the body is not the JSON the operation promises.
     """
     if operation is None:
-        return response.json() if response.raw_bytes else None
-    schema = _schema(response, operation)
+        return response.json() if response.has_body else None
+    schema = facts(operation).schema(operation, response.status_code)
     if schema is None:
         return None
 
@@ -154,16 +195,6 @@ def error_for(response: EsiResponse, operation: Operation | None) -> HTTPError:
             headers=headers,
         )
     return HTTPError(message, status=status, operation=name, body=body, headers=headers)
-
-
-def _schema(response: EsiResponse, operation: Operation) -> Any:
-    try:
-        spec = get_response_spec(response.status_code, operation)
-    except MatchingResponseNotFound:
-        return None
-    if "schema" not in spec:
-        return None
-    return operation.swagger_spec.deref(spec["schema"])
 
 
 def _error_body(response: EsiResponse) -> Any:

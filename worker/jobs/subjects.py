@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ESIError, JobSkipped
+from ..errors import ESIError, JobSkipped, SSOError, TokenError
 from .declaration import FanOut, Job
 from .records import PlannedRun
 
@@ -119,7 +119,9 @@ def has_roles(token: Token, roles: Iterable[str]) -> bool:
     operation = client.Character.get_characters_character_id_roles
     try:
         data = operation(character_id=token.character_id).result()
-    except ESIError as exc:
+    except (ESIError, TokenError, SSOError) as exc:
+        # A member whose grant died or cannot be refreshed now is passed
+        # over: another member of the corporation may still qualify.
         log.warning(
             "roles of character %r unknown: %s",
             token.character_id,
@@ -139,7 +141,8 @@ def roles_satisfy(held: Iterable[str], needed: Iterable[str]) -> bool:
 def _scoped(runtime: Runtime, job: Job) -> Iterable[Token]:
     # Only tokens in state valid are seen; none is refreshed just to be
     # looked at (a thousand characters would mean a thousand SSO calls).
-    return runtime.tokens.query().require_scopes(job.token_scopes)
+    # Oldest token first, so "the first member" is the same on every run.
+    return runtime.tokens.query().require_scopes(job.token_scopes).order_by("id")
 
 
 def _scoped_ids(runtime: Runtime, job: Job) -> list[tuple[int, int]]:

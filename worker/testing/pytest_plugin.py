@@ -145,10 +145,18 @@ def settings(
 
 @pytest.fixture
 def runtime(settings: Settings, clean_db: ConnectionPool) -> Iterator[Runtime]:
-    """A runtime on the test settings, made current for the test."""
+    """A runtime on the test settings, made current for the test.
+
+    The in-process ESI response cache is shared by the whole process; it
+    is emptied first, so no answer an earlier test got from a differently
+    configured emulator (roles, mutations) is replayed in this one.
+    """
+    from worker.esi.cache import MemoryCache
     from worker.runtime import Runtime
 
     rt = Runtime.from_settings(settings, pool=clean_db)
+    if isinstance(rt.cache, MemoryCache):
+        rt.cache.clear()
     with rt.activated():
         yield rt
     rt.close()
