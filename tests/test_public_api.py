@@ -25,3 +25,9 @@ def test_errors_share_one_root() -> None:
         value = getattr(worker, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, worker.WorkerError), name
+
+
+def test_all_is_a_literal_list_of_every_lazy_export() -> None:
+    # A literal list lets linters and IDEs read it; it must name every lazy export.
+    assert isinstance(worker.__all__, list)
+    assert set(worker.__all__) == set(worker._EXPORTS) | {"__version__"}

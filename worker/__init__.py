@@ -58,7 +58,46 @@ _EXPORTS = {
     "UnknownJobError": "worker.errors",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "CachingHttpFuture",
+    "ConfigurationError",
+    "ESIError",
+    "ErrorLimitedError",
+    "EsiClientProvider",
+    "FanOut",
+    "HTTPError",
+    "IncompleteResponseError",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobRegistry",
+    "JobSkipped",
+    "NotRefreshableTokenError",
+    "RateLimitedError",
+    "Runtime",
+    "SSOClient",
+    "SSOError",
+    "ScopeError",
+    "ScopeMissingError",
+    "Settings",
+    "Token",
+    "TokenError",
+    "TokenExpiredError",
+    "TokenInvalidError",
+    "TokenQuery",
+    "TokenStore",
+    "UnknownJobError",
+    "WorkerError",
+    "__version__",
+    "begin_login",
+    "complete_login",
+    "esi_client_factory",
+    "job",
+    "normalize_scopes",
+    "single_use_token",
+    "token_required",
+    "tokens_required",
+]
 
 
 def __getattr__(name: str) -> Any:

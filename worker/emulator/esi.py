@@ -13,6 +13,7 @@ from typing import Any
 
 import jwt
 
+from . import cursor, synthetic
 from .cache import (
     DEFAULT_LIFETIME_S,
     CacheGenerations,
@@ -22,7 +23,6 @@ from .cache import (
     mutate,
 )
 from .config import parse_limit
-from . import cursor, synthetic
 from .limits import BucketLimiter, ErrorLimiter
 from .messages import (
     Request,

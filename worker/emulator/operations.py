@@ -8,8 +8,8 @@ import functools
 import json
 import re
 import threading
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from typing import Any
 
 from .config import parse_limit

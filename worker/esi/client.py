@@ -23,8 +23,8 @@ from .cache import ResponseCache, cache_from_settings
 from .futures import CachingHttpFuture
 from .http import EsiHttpClient
 from .limits import Limiter
-from .operations import TokenLike
 from .openapi import ALIAS_KEY, pascal_case, snake_case
+from .operations import TokenLike
 from .spec import api_url, check_version, load_spec
 
 if TYPE_CHECKING:

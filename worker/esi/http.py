@@ -18,9 +18,9 @@ from bravado.requests_client import RequestsClient
 from bravado_core.operation import Operation
 from requests.adapters import HTTPAdapter
 
-from ..metrics import esi as metrics
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, ESITransientError
+from ..metrics import esi as metrics
 from .cache import ResponseCache
 from .futures import CachingHttpFuture
 from .limits import Limiter, Permit, declared_bucket, limiter_from_settings
@@ -225,8 +225,8 @@ class EsiHttpClient(RequestsClient):
     def _acquire(self, operation: Operation | None, name: str) -> Permit:
         declared = declared_bucket(operation.op_spec) if operation else None
         bucket = self.limiter.bucket_for(name, declared)
-        authed = needs_token(operation) and self.token is not None
-        caller = f"character:{self.token.character_id}" if authed else "public"
+        token = self.token if needs_token(operation) else None
+        caller = f"character:{token.character_id}" if token else "public"
         return self.limiter.acquire(name, bucket, caller, self.clock)
 
     def _prepare(

@@ -18,6 +18,7 @@ group plus the public caller otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -26,9 +27,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..metrics import esi as metrics
 from ..clock import Clock
 from ..errors import ConfigurationError, ErrorLimitedError, RateLimitedError
+from ..metrics import esi as metrics
 
 if TYPE_CHECKING:
     import redis
@@ -194,8 +195,9 @@ class Limiter:
         """
         permit = Permit(uuid.uuid4().hex, bucket, caller)
         while True:
+            now = clock.time()
             verdict = self._run(
-                permit, lambda s, now=clock.time(): self._reserve(s, permit, now)
+                permit, functools.partial(self._reserve, permit=permit, now=now)
             )
             if verdict is None:
                 return permit
@@ -295,7 +297,7 @@ class Limiter:
             ttl_s = max(ttl_s, permit.bucket.window_s + 60.0)
         try:
             return self.store.transact(keys, decide, ttl_s)
-        except Exception as exc:  # noqa: BLE001 (a broken store fails no call)
+        except Exception as exc:
             if self.store is self.fallback:
                 raise
             metrics.CACHE_ERRORS.labels("limits").inc()
@@ -384,7 +386,7 @@ def check_thresholds(thresholds: Thresholds) -> None:
 # -- state documents -----------------------------------------------------------
 
 
-def _state(raw: bytes | None) -> State:
+def _state(raw: bytes | str | None) -> State:
     if raw is None:
         return {}
     try:

@@ -168,7 +168,7 @@ class _Converter:
             param = resolved
         if param.get("in") == "cookie":
             return None
-        out = {
+        out: dict[str, Any] = {
             k: param[k] for k in ("name", "in", "description", "required") if k in param
         }
         out.update(self.flat_schema(param.get("schema") or {"type": "string"}))
@@ -183,7 +183,9 @@ class _Converter:
 
     def body(self, request_body: dict[str, Any], operation_id: str) -> dict[str, Any]:
         content = request_body.get("content") or {}
-        media = content.get("application/json") or next(iter(content.values()), {})
+        media: dict[str, Any] = content.get("application/json") or next(
+            iter(content.values()), {}
+        )
         schema = media.get("schema") or {}
         return {
             "name": _body_name(request_body, schema, operation_id),
@@ -226,14 +228,15 @@ class _Converter:
         return out
 
     def security_definitions(self) -> dict[str, Any]:
-        out = {}
+        out: dict[str, Any] = {}
         for name, scheme in (self.components.get("securitySchemes") or {}).items():
             if scheme.get("type") != "oauth2":
                 continue
-            flows = scheme.get("flows") or {}
-            flow_name, flow = next(iter(flows.items()), ("implicit", {}))
+            flows: dict[str, Any] = scheme.get("flows") or {}
+            flow_name = next(iter(flows), "implicit")
+            flow: dict[str, Any] = flows.get(flow_name) or {}
             swagger_flow = {"authorizationCode": "accessCode"}.get(flow_name, flow_name)
-            definition = {
+            definition: dict[str, Any] = {
                 "type": "oauth2",
                 "flow": swagger_flow,
                 "scopes": flow.get("scopes") or {},

@@ -40,7 +40,8 @@ def disagreement(responses: Sequence[EsiResponse]) -> str | None:
         seen = {r.headers.get(header) for r in responses}
         seen.discard(None)
         if len(seen) > 1:
-            return f"{header} differs between pages ({', '.join(sorted(seen))})"
+            values = sorted(str(value) for value in seen)
+            return f"{header} differs between pages ({', '.join(values)})"
     return None
 
 

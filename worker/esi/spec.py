@@ -80,6 +80,7 @@ class LeanSpec(Spec):
     """
 
     plain_json = True
+    esi_versioned = False
 
     def build(self) -> None:
         if self.config["use_models"]:
