@@ -21,6 +21,7 @@ from typing import Any
 
 from .metrics.server import multiprocess_registry, start_metrics_server
 from .settings import Settings
+from .signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def launch_workers(
 
     A worker that dies is started again; its counters stay counted.
     """
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     metrics_dir, owned = _metrics_dir(settings)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     try:
@@ -107,15 +108,3 @@ def _mark_dead(pid: int | None) -> None:
 
     if pid:
         multiprocess.mark_process_dead(pid, os.environ[MULTIPROC_ENV])
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    return stop

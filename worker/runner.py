@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -20,6 +18,7 @@ from .metrics import start_metrics_server
 from .runtime import Runtime
 from .scheduler import JobScheduler
 from .settings import Settings
+from .signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +206,4 @@ def running_scheduler(
 
 def wait_for_stop(duration_s: float | None) -> None:
     """Block until SIGINT/SIGTERM, or until ``duration_s`` has passed."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    stop.wait(duration_s)
+    stop_on_signals().wait(duration_s)
