@@ -31,3 +31,16 @@ def test_all_is_a_literal_list_of_every_lazy_export() -> None:
     # A literal list lets linters and IDEs read it; it must name every lazy export.
     assert isinstance(worker.__all__, list)
     assert set(worker.__all__) == set(worker._EXPORTS) | {"__version__"}
+
+
+def test_every_error_of_the_tree_is_importable_from_worker() -> None:
+    # Plugin authors catch these; each must be reachable as worker.<Name>.
+    import inspect
+
+    import worker.errors
+
+    errors = {
+        name for name, value in inspect.getmembers(worker.errors, inspect.isclass)
+        if issubclass(value, Exception) and value.__module__ == "worker.errors"
+    }
+    assert errors <= set(worker.__all__)
