@@ -266,3 +266,26 @@ def test_run_emulator_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
     assert "stored 2338 market orders of region 10000070" in result.stderr
     assert "stored 1189 assets of character 2112000001" in result.stderr
+
+
+def test_run_without_a_contact_address_says_what_to_configure(tmp_path: Path) -> None:
+    # given SSO credentials but no contact address for the User-Agent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER_")}
+    env.update(
+        ESI_WORKER_DATA_DIR=str(tmp_path),
+        ESI_WORKER_SSO_CLIENT_ID="abc",
+        ESI_WORKER_SSO_CLIENT_SECRET="not-shown-anywhere",
+    )
+
+    # when
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+
+    # then it stops before starting anything and names the setting
+    assert result.returncode != 0
+    assert "ESI_WORKER_CONTACT_EMAIL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not-shown-anywhere" not in result.stderr
+    assert not (tmp_path / "postgres").exists()

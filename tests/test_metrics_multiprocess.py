@@ -45,6 +45,7 @@ def deployment(
         "ESI_WORKER_SSO_BASE_URL": emulator.base_url,
         "ESI_WORKER_ESI_BASE_URL": emulator.base_url,
         "ESI_WORKER_SSO_CLIENT_ID": emulator.client_id,
+        "ESI_WORKER_CONTACT_EMAIL": "tests@example.invalid",
         "ESI_WORKER_SSO_CLIENT_SECRET": emulator.client_secret,
         "ESI_WORKER_MARKET_REGIONS": "[10000070]",
         "ESI_WORKER_DISABLED_JOBS": '["type_names", "prune_tokens"]',

@@ -62,6 +62,7 @@ def processes(
         "ESI_WORKER_SSO_BASE_URL": emulator.base_url,
         "ESI_WORKER_ESI_BASE_URL": emulator.base_url,
         "ESI_WORKER_SSO_CLIENT_ID": emulator.client_id,
+        "ESI_WORKER_CONTACT_EMAIL": "tests@example.invalid",
         "ESI_WORKER_SSO_CLIENT_SECRET": emulator.client_secret,
         "ESI_WORKER_METRICS_PORT": "0",
         "ESI_WORKER_MARKET_REGIONS": "[10000070]",

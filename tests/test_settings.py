@@ -65,3 +65,11 @@ def test_replace_validates_the_new_values() -> None:
 
     with pytest.raises(ConfigurationError, match="ESI_WORKER_ESI_BASE_URL"):
         settings.replace(esi_base_url="esi.example")
+
+
+def test_user_agent_of_the_worker_run_as_it_is_names_it_once() -> None:
+    from worker import __version__
+
+    settings = Settings(contact_email="ops@example.org")
+
+    assert settings.user_agent == f"esi-worker/{__version__} (ops@example.org)"

@@ -48,6 +48,7 @@ def demo_settings(settings: Settings, emulator: Emulator) -> Settings:
         sso_client_id=emulator.client_id,
         sso_client_secret=emulator.client_secret,
         market_regions=[DEMO_REGION],
+        contact_email=settings.contact_email or "demo@esi-worker.invalid",
         # The emulator has no daily downtime; without this a demo started
         # at 11:00 UTC would defer every run for a quarter of an hour.
         esi_downtime_utc="",

@@ -103,6 +103,15 @@ def require_sso_credentials(settings: Settings) -> None:
             "ESI_WORKER_CONTACT_EMAIL for the User-Agent; or try the worker "
             "against the bundled emulator with 'esi-worker run --emulator'"
         )
+    if not settings.contact_email.strip():
+        # CCP asks every ESI client to say how to reach its operator; an
+        # anonymous client is the first to be banned when it misbehaves.
+        raise ConfigurationError(
+            "no contact address for the User-Agent ESI asks for: set "
+            "ESI_WORKER_CONTACT_EMAIL (an e-mail address, or 'discord:name' / "
+            "'eve:Character Name'), and ESI_WORKER_APP_NAME / "
+            "ESI_WORKER_APP_VERSION to name your tool"
+        )
 
 
 def require_shared_services(settings: Settings, role: str) -> None:

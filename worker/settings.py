@@ -174,8 +174,11 @@ class Settings(BaseSettings):
         """The User-Agent ESI asks for: app, version, contact, then us."""
         from . import __version__
 
-        app = self.app_name + (f"/{self.app_version}" if self.app_version else "")
         contact = f" ({self.contact_email})" if self.contact_email else ""
+        if self.app_name == "esi-worker":
+            # Run as it is: one product, so name it once.
+            return f"esi-worker/{__version__}{contact}"
+        app = self.app_name + (f"/{self.app_version}" if self.app_version else "")
         return f"{app}{contact} esi-worker/{__version__}"
 
     def __repr_args__(self) -> Any:

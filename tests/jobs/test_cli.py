@@ -23,6 +23,7 @@ def cli(settings: Any, clean_db: Any, emulator: Any) -> Any:
         "ESI_WORKER_SSO_BASE_URL": emulator.base_url,
         "ESI_WORKER_ESI_BASE_URL": emulator.base_url,
         "ESI_WORKER_SSO_CLIENT_ID": emulator.client_id,
+        "ESI_WORKER_CONTACT_EMAIL": "tests@example.invalid",
         "ESI_WORKER_SSO_CLIENT_SECRET": emulator.client_secret,
         "ESI_WORKER_MARKET_REGIONS": "[10000070]",
         "ESI_WORKER_ESI_DOWNTIME_UTC": "",
