@@ -165,3 +165,36 @@ def test_resolve_database_url_prefers_the_configured_url(tmp_path):
     # then it is the configured one and no embedded server was started
     assert url == "postgresql://x@db.example:5432/esi"
     assert not (tmp_path / "postgres").exists()
+
+
+def test_a_configured_database_without_the_schema_is_refused_with_the_command(
+    empty_database, tmp_path
+):
+    # given a configured database nobody migrated
+    from worker.runtime import Runtime
+
+    settings = Settings(database_url=empty_database, data_dir=tmp_path)
+
+    # when a runtime is opened on it, then the error says what to run
+    with pytest.raises(ConfigurationError, match="esi-worker migrate"):
+        Runtime.from_settings(settings)
+
+    # and nothing was created behind the operator's back
+    with psycopg.connect(empty_database) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+    assert tables == (0,)
+
+
+def test_a_runtime_opens_on_a_migrated_database(empty_database, tmp_path):
+    from worker.runtime import Runtime
+
+    migrate(empty_database)
+    runtime = Runtime.from_settings(
+        Settings(database_url=empty_database, data_dir=tmp_path)
+    )
+    try:
+        assert runtime.tokens.query().count() == 0
+    finally:
+        runtime.close()

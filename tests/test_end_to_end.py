@@ -255,17 +255,31 @@ def test_run_emulator_on_the_embedded_defaults(tmp_path: Path) -> None:
         ESI_WORKER_DISABLED_JOBS='["type_names"]',
     )
 
-    # when
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "run", "--emulator", "--duration", "12"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    # when it runs until both jobs have stored their data, then is stopped
+    log_path = tmp_path / "run.log"
+    wanted = ("stored 2338 market orders of region 10000070",
+              "stored 1189 assets of character 2112000001")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--emulator"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(
+                lambda: all(w in log_path.read_text(errors="replace") for w in wanted)
+                or proc.poll() is not None,
+                150, "both jobs to store their data",
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=60)
+    output = log_path.read_text(errors="replace")
 
     # then: an embedded PostgreSQL held the data and the jobs did their work
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
-    assert "stored 2338 market orders of region 10000070" in result.stderr
-    assert "stored 1189 assets of character 2112000001" in result.stderr
+    assert returncode == 0, output[-3000:]
+    assert (tmp_path / "data" / "demo" / "postgres" / "PG_VERSION").exists()
+    for line in wanted:
+        assert line in output, output[-3000:]
 
 
 def test_run_without_a_contact_address_says_what_to_configure(tmp_path: Path) -> None:

@@ -73,3 +73,35 @@ def test_user_agent_of_the_worker_run_as_it_is_names_it_once() -> None:
     settings = Settings(contact_email="ops@example.org")
 
     assert settings.user_agent == f"esi-worker/{__version__} (ops@example.org)"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("ESI_WORKER_JOB_INTERVALS", "not json"),
+        ("ESI_WORKER_MARKET_REGIONS", "[abc]"),
+        ("ESI_WORKER_TYPE_IDS", "34,35"),
+        ("ESI_WORKER_DISABLED_JOBS", "market_orders"),
+    ],
+)
+def test_a_list_or_mapping_that_is_not_json_is_named(
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
+    monkeypatch.setenv(name, text)
+
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env()
+
+    assert name in str(caught.value)
+    assert "JSON" in str(caught.value)
+
+
+@pytest.mark.parametrize("every", [-5, 0, 0.5, float("inf"), float("nan")])
+def test_job_intervals_must_be_finite_seconds_of_at_least_one(every: float) -> None:
+    with pytest.raises(ConfigurationError, match="ESI_WORKER_JOB_INTERVALS"):
+        Settings.from_env(job_intervals={"market_orders": every})
+
+
+def test_an_unknown_log_level_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigurationError, match="ESI_WORKER_LOG_LEVEL.*DEBUG"):
+        Settings.from_env(log_level="chatty")

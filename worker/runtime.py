@@ -60,20 +60,25 @@ class Runtime:
         pool: ConnectionPool | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> Runtime:
-        """Build a runtime; opens a pool on ``settings.database_url`` if none given.
+        """Build a runtime; opens a pool on the configured database if none given.
 
-        :raises ConfigurationError: when no pool is given and no database URL
-            is set (resolve the embedded database first, see ``worker.db``).
+        With no ``database_url`` the embedded PostgreSQL in the data folder
+        is started (or reused) and brought to the schema's head, as
+        ``esi-worker run`` does.
+
+        :raises DatabaseUnavailableError: the database cannot be reached.
+        :raises ConfigurationError: a configured database is not migrated.
         """
         if pool is not None:
             return cls(settings, pool, clock=clock)
-        if not settings.database_url:
-            return cls(settings, None, clock=clock)
 
-        from .db import create_pool
+        from .db import create_pool, ensure_schema, resolve_database_url
 
-        pool = create_pool(settings.database_url, max_size=settings.db_pool_max)
-        return cls(settings, pool, clock=clock, owns_pool=True)
+        url = resolve_database_url(settings)
+        ensure_schema(url, migrate_if_behind=not settings.database_url)
+        pool = create_pool(url, max_size=settings.db_pool_max)
+        return cls(settings.replace(database_url=url), pool, clock=clock,
+                   owns_pool=True)
 
     @property
     def pool(self) -> ConnectionPool:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from .errors import ConfigurationError
 
 ENV_PREFIX = "ESI_WORKER_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PRODUCTION_SSO_URL = "https://login.eveonline.com"
 PRODUCTION_ESI_URL = "https://esi.evetech.net"
 
@@ -133,6 +136,10 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+        except SettingsError as exc:
+            # Raised before validation for list and dict settings whose
+            # text is not JSON; the value itself is not repeated.
+            raise ConfigurationError(_describe_unparsed(exc)) from None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated again)."""
@@ -142,6 +149,27 @@ class Settings(BaseSettings):
             return type(self).model_validate(data)
         except ValidationError as exc:
             raise ConfigurationError(_describe(exc)) from None
+
+    @field_validator("job_intervals")
+    @classmethod
+    def _positive_intervals(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {
+            name: every for name, every in value.items()
+            if not math.isfinite(every) or every < 1
+        }
+        if bad:
+            raise ValueError(
+                f"intervals are seconds, finite and at least 1, got {bad}"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return level
 
     @field_validator("data_dir")
     @classmethod
@@ -191,6 +219,16 @@ class Settings(BaseSettings):
 
 def _hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _describe_unparsed(exc: SettingsError) -> str:
+    match = re.search(r'field "(\w+)"', str(exc))
+    name = f"{ENV_PREFIX}{match.group(1).upper()}" if match else "a setting"
+    reason = f" ({exc.__cause__})" if exc.__cause__ else ""
+    return (
+        f"invalid settings: {name} is not valid JSON{reason}; lists are "
+        'written like ["a", "b"] or [1, 2] and maps like {"market_orders": 600}'
+    )
 
 
 def _describe(exc: ValidationError) -> str:

@@ -15,7 +15,7 @@ import click
 from .. import __version__
 from ..errors import WorkerError
 from ..logs import configure_logging
-from ..settings import Settings
+from ..settings import LOG_LEVELS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,6 +42,7 @@ def settings_of(ctx: click.Context) -> Settings:
 @click.option(
     "--log-level",
     default=None,
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
     help="Log level (default: ESI_WORKER_LOG_LEVEL or INFO).",
 )
 @click.pass_context

@@ -11,6 +11,8 @@ from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
 
@@ -20,8 +22,16 @@ def start_metrics_server(
     """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread.
 
     :returns: the port bound (useful when ``port`` is 0).
+    :raises ConfigurationError: the address cannot be bound (port taken).
     """
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
+            "set ESI_WORKER_METRICS_PORT to a free port, or 0 to turn "
+            "the metrics endpoint off"
+        ) from exc
     bound = int(server.server_address[1])
     log.info("metrics served on http://%s:%d/metrics", host, bound)
     return bound
