@@ -18,7 +18,45 @@ SSO_FAULT_KINDS = (
     "timeout",
     "invalid_client",
     "invalid_grant",
+    "drop",
 )
+# Crafted access tokens a fault can put in an otherwise real answer.
+ACCESS_TOKEN_CRAFTS = (
+    "expired",
+    "other_character",
+    "other_owner",
+    "unknown_kid",
+    "bad_signature",
+    "wrong_issuer",
+    "wrong_audience",
+    "unsigned",
+    "not_a_jwt",
+)
+GRANT_TYPES = ("refresh_token", "authorization_code")
+# The keys an sso_faults entry may hold, and the ones that need the request
+# to be carried out first (they change a real answer).
+SSO_FAULT_KEYS = frozenset(
+    {
+        "status",
+        "body",
+        "json",
+        "content_type",
+        "headers",
+        "retry_after",
+        "kind",
+        "seconds",
+        "access_token",
+        "character_id",
+        "kid",
+        "patch",
+        "drop",
+        "truncate",
+        "process",
+        "count",
+        "grant_type",
+    }
+)
+PROCESSING_KEYS = frozenset({"access_token", "patch", "drop", "truncate"})
 _LIMIT_RE = re.compile(r"^(\d+)/(\d+)([smh])$")
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -32,6 +70,33 @@ class EmulatorConfig:
 
     Switches mirror the places where ESI.md marks a behaviour UNVERIFIED: each
     plausible answer can be chosen so the worker is tested against all.
+
+    SSO switches beyond rotation and ``scp``: ``rotation_grace_s`` (under
+    ``rotate_reject_old``, a rotated-out refresh token still works for this
+    long), ``refresh_idle_expiry_s`` (a refresh token unused this long is
+    refused), ``transfer_revokes`` (a character transfer, see
+    ``owner_changes``, kills its grants instead of changing the owner hash),
+    ``signing_kid`` (sign with a key of this kid, made on first use) and
+    ``jwks_withdrawn`` (kids the JWKS leaves out).
+
+    An ``sso_faults`` entry is one answer of the token endpoint, used up in
+    order (``count`` times, for ``grant_type`` requests only if given):
+
+    - ``{"status": 403, "body": "<html>..", "content_type": "text/html",
+      "headers": {..}}``, or ``"json": <any JSON>`` for the body; without a
+      body, an OAuth ``server_error`` one. ``retry_after`` sets that header.
+    - ``{"kind": k}`` with k in :data:`SSO_FAULT_KINDS` (``timeout`` waits
+      ``seconds``; ``drop`` closes the connection without an answer).
+    - ``{"access_token": c}`` with c in :data:`ACCESS_TOKEN_CRAFTS`
+      (``character_id``, ``kid`` tune ``other_character``, ``unknown_kid``):
+      the request is carried out, the answer's access token is crafted.
+    - ``{"patch": {..}}``, ``{"drop": [field, ..]}``, ``{"truncate": n}``
+      (the first n bytes; a negative n cuts that many from the end): the
+      request is carried out, then the 200 body is changed.
+    - ``"process": true`` with a ``status`` or ``kind``: the request is
+      carried out (the refresh token rotates, the code is used up) and
+      then the fault is answered instead, as when a gateway loses the
+      SSO's answer.
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +127,11 @@ class EmulatorConfig:
     character_roles: Mapping[str, tuple[str, ...]] = dataclasses.field(
         default_factory=dict
     )
+    rotation_grace_s: float = 0.0
+    refresh_idle_expiry_s: float | None = None
+    transfer_revokes: bool = False
+    signing_kid: str | None = None
+    jwks_withdrawn: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         _check_choice("rotation", self.rotation, ROTATIONS)
@@ -79,6 +149,7 @@ class EmulatorConfig:
             raise ConfigurationError("cache_ttl_s must be positive or None")
         if self.sso_burst_limit is not None and self.sso_burst_limit < 1:
             raise ConfigurationError("sso_burst_limit must be >= 1 or None")
+        _check_key_switches(self)
 
         for fault in self.sso_faults:
             _check_sso_fault(fault)
@@ -151,6 +222,8 @@ def _coerce(switches: dict[str, Any]) -> dict[str, Any]:
     out = dict(switches)
     if "owner_changes" in out:
         out["owner_changes"] = frozenset(int(c) for c in out["owner_changes"] or ())
+    if "jwks_withdrawn" in out:
+        out["jwks_withdrawn"] = frozenset(str(k) for k in out["jwks_withdrawn"] or ())
     for name in ("sso_faults", "esi_faults", "esi_mutations"):
         if name in out:
             out[name] = tuple(dict(f) for f in out[name] or ())
@@ -201,19 +274,92 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigurationError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_key_switches(config: EmulatorConfig) -> None:
+    if config.rotation_grace_s < 0:
+        raise ConfigurationError("rotation_grace_s must not be negative")
+    idle = config.refresh_idle_expiry_s
+    if idle is not None and idle <= 0:
+        raise ConfigurationError("refresh_idle_expiry_s must be positive or None")
+    kid = config.signing_kid
+    if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 100):
+        raise ConfigurationError(f"signing_kid must be a short string: {kid!r}")
+
+
 def _check_sso_fault(fault: Mapping[str, Any]) -> None:
     if not isinstance(fault, Mapping):
         raise ConfigurationError(f"an sso_faults entry must be a dict, got {fault!r}")
-    if "status" in fault:
-        if not isinstance(fault["status"], int) or not 100 <= fault["status"] <= 599:
-            raise ConfigurationError(
-                f"sso fault status must be an HTTP status: {fault!r}"
-            )
-        return
-    if fault.get("kind") not in SSO_FAULT_KINDS:
+    unknown = sorted(set(fault) - SSO_FAULT_KEYS)
+    if unknown:
         raise ConfigurationError(
-            f"sso fault needs 'status' or a 'kind' of {SSO_FAULT_KINDS}: {fault!r}"
+            f"sso fault has unknown keys {unknown} (known: {sorted(SSO_FAULT_KEYS)})"
         )
+    answers = [k for k in ("status", "kind", "access_token") if k in fault]
+    changes = PROCESSING_KEYS & set(fault)
+    if not answers and not changes:
+        raise ConfigurationError(
+            f"sso fault needs a 'status', a 'kind' of {SSO_FAULT_KINDS}, an "
+            f"'access_token' of {ACCESS_TOKEN_CRAFTS} or a patch: {fault!r}"
+        )
+    if "status" in fault and "kind" in fault:
+        raise ConfigurationError(f"sso fault has both 'status' and 'kind': {fault!r}")
+    _check_fault_answer(fault)
+    _check_fault_changes(fault)
+
+
+def _check_fault_answer(fault: Mapping[str, Any]) -> None:
+    status = fault.get("status")
+    if "status" in fault and (
+        not isinstance(status, int)
+        or isinstance(status, bool)
+        or not 100 <= status <= 599
+    ):
+        raise ConfigurationError(f"sso fault status must be an HTTP status: {fault!r}")
+    if "kind" in fault and fault["kind"] not in SSO_FAULT_KINDS:
+        raise ConfigurationError(
+            f"sso fault kind must be one of {SSO_FAULT_KINDS}: {fault!r}"
+        )
+    if "body" in fault and "json" in fault:
+        raise ConfigurationError(f"sso fault has both 'body' and 'json': {fault!r}")
+    if "body" in fault and not isinstance(fault["body"], str):
+        raise ConfigurationError(f"sso fault body must be a string: {fault!r}")
+    for name in ("content_type", "grant_type", "kid"):
+        if name in fault and not isinstance(fault[name], str):
+            raise ConfigurationError(f"sso fault {name} must be a string: {fault!r}")
+    if fault.get("grant_type", GRANT_TYPES[0]) not in GRANT_TYPES:
+        raise ConfigurationError(f"sso fault grant_type must be one of {GRANT_TYPES}")
+    headers = fault.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigurationError(f"sso fault headers must map text to text: {fault!r}")
+    if float(fault.get("seconds", 0)) < 0 or int(fault.get("count", 1)) < 1:
+        raise ConfigurationError(f"sso fault seconds/count out of range: {fault!r}")
+
+
+def _check_fault_changes(fault: Mapping[str, Any]) -> None:
+    craft = fault.get("access_token")
+    if craft is not None and craft not in ACCESS_TOKEN_CRAFTS:
+        raise ConfigurationError(
+            f"sso fault access_token must be one of {ACCESS_TOKEN_CRAFTS}: {fault!r}"
+        )
+    if "patch" in fault and not isinstance(fault["patch"], Mapping):
+        raise ConfigurationError(f"sso fault patch must be an object: {fault!r}")
+    dropped = fault.get("drop", [])
+    if not isinstance(dropped, (list, tuple)) or not all(
+        isinstance(d, str) for d in dropped
+    ):
+        raise ConfigurationError(f"sso fault drop must list field names: {fault!r}")
+    truncate = fault.get("truncate", 0)
+    if not isinstance(truncate, int) or isinstance(truncate, bool):
+        raise ConfigurationError(f"sso fault truncate must be an int: {fault!r}")
+    character = fault.get("character_id", 1)
+    if not isinstance(character, int) or character <= 0:
+        raise ConfigurationError(f"sso fault character_id must be positive: {fault!r}")
+
+
+def processes_request(fault: Mapping[str, Any]) -> bool:
+    """Whether the SSO carries the request out before answering ``fault``."""
+    return bool(fault.get("process")) or bool(PROCESSING_KEYS & set(fault))
 
 
 def _check_esi_fault(fault: Mapping[str, Any]) -> None:

@@ -9,7 +9,10 @@ import hashlib
 import secrets
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import Any
+
+import jwt
 
 from ..clock import Clock
 from .config import EmulatorConfig
@@ -76,6 +79,10 @@ class GrantBook:
         self._clock = clock
         self._lock = threading.Lock()
         self._by_refresh: dict[str, _Record] = {}
+        # When each refresh token was last honoured (or issued), and when a
+        # rotated-out one was retired (it lives on for the grace period).
+        self._last_used: dict[str, float] = {}
+        self._retired: dict[str, float] = {}
         self._codes: dict[str, CodeGrant] = {}
         self._owners: dict[int, str] = {}
 
@@ -83,6 +90,8 @@ class GrantBook:
         """Forget every grant, code and owner hash."""
         with self._lock:
             self._by_refresh.clear()
+            self._last_used.clear()
+            self._retired.clear()
             self._codes.clear()
             self._owners.clear()
 
@@ -118,6 +127,7 @@ class GrantBook:
             self._by_refresh[token] = _Record(
                 client_id, character_id, character_name, scopes
             )
+            self._last_used[token] = self._clock.time()
         return token
 
     def issue_code(self, binding: CodeGrant) -> str:
@@ -151,25 +161,63 @@ class GrantBook:
             raise GrantRefused("code_verifier does not match the code_challenge.")
         return binding
 
-    def refresh(self, token: str, client_id: str, rotation: str) -> tuple[_Record, str]:
+    def refresh(
+        self,
+        token: str,
+        client_id: str,
+        rotation: str,
+        *,
+        grace_s: float = 0.0,
+        idle_s: float | None = None,
+    ) -> tuple[_Record, str]:
         """The grant behind ``token`` and the refresh token to hand back.
 
-        :raises GrantRefused: unknown, revoked or retired token, or another client.
+        :param grace_s: under ``rotate_reject_old``, how long a rotated-out
+            token is still honoured (each use hands out another new one).
+        :param idle_s: a token unused for longer is refused, and forgotten.
+        :raises GrantRefused: unknown, revoked, retired or idle token, or
+            another client.
         """
+        now = self._clock.time()
         with self._lock:
             record = self._by_refresh.get(token)
             if record is None or record.revoked:
                 raise GrantRefused("Invalid refresh token.")
             if record.client_id != client_id:
                 raise GrantRefused("Refresh token was issued to another client.")
+            self._check_age(token, now, grace_s, idle_s)
             if rotation == "off":
+                self._last_used[token] = now
                 return record, token
 
             new_token = _new_refresh_token()
             self._by_refresh[new_token] = record
-            if rotation == "rotate_reject_old":
-                del self._by_refresh[token]
+            self._last_used[new_token] = now
+            if rotation == "rotate":
+                self._last_used[token] = now
+            elif grace_s > 0:
+                self._retired.setdefault(token, now)
+            else:
+                self._forget(token)
             return record, new_token
+
+    def peek(self, token: str) -> _Record | None:
+        """The live grant behind ``token``, without using it."""
+        with self._lock:
+            record = self._by_refresh.get(token)
+            return None if record is None or record.revoked else record
+
+    def revoke_character(self, character_id: int) -> int:
+        """Kill every grant of the character (a transfer that voids them)."""
+        with self._lock:
+            records = {
+                id(r): r
+                for r in self._by_refresh.values()
+                if r.character_id == character_id and not r.revoked
+            }
+            for record in records.values():
+                record.revoked = True
+            return len(records)
 
     def revoke(self, token: str) -> bool:
         """Kill the grant behind ``token`` (every refresh token of it)."""
@@ -188,13 +236,22 @@ class GrantBook:
         character_name: str,
         scopes: tuple[str, ...],
         issued_at: float | None = None,
+        craft: Mapping[str, Any] | None = None,
     ) -> tuple[str, int]:
-        """A signed access JWT and its ``exp`` (Unix seconds)."""
+        """A signed access JWT and its ``exp`` (Unix seconds).
+
+        :param craft: an ``sso_faults`` entry naming an ``access_token``
+            craft (see :data:`~worker.emulator.config.ACCESS_TOKEN_CRAFTS`).
+        """
+        kind = (craft or {}).get("access_token")
+        if kind == "expired":
+            issued_at = self._clock.time() - config.expires_in - 120
         iat = int(self._clock.time() if issued_at is None else issued_at)
+        kid = self._keys.kid_for(config.sign_alg, config.signing_kid)
         claims: dict[str, Any] = {
             "scp": scopes,
             "jti": str(uuid.uuid4()),
-            "kid": self._keys.kid_for(config.sign_alg),
+            "kid": kid,
             "sub": f"CHARACTER:EVE:{character_id}",
             "azp": client_id,
             "tenant": "tranquility",
@@ -208,7 +265,62 @@ class GrantBook:
             "iss": config.issuer,
         }
         _shape_scp(claims, config.scp_form)
-        return self._keys.sign(claims, config.sign_alg), claims["exp"]
+        if kind is None or kind == "expired":
+            return self._keys.sign(claims, config.sign_alg, kid), claims["exp"]
+        return self._crafted(claims, str(kind), craft or {}, config), claims["exp"]
+
+    def _crafted(
+        self,
+        claims: dict[str, Any],
+        kind: str,
+        craft: Mapping[str, Any],
+        config: EmulatorConfig,
+    ) -> str:
+        """An access token that must fail (or mislead) the client's checks."""
+        if kind == "not_a_jwt":
+            return "not-a-jwt-" + secrets.token_urlsafe(16)
+        if kind == "other_character":
+            character = int(
+                craft.get("character_id") or int(claims["sub"].rsplit(":", 1)[1]) + 1
+            )
+            claims.update(
+                sub=f"CHARACTER:EVE:{character}",
+                name=f"Character {character}",
+                owner=self.owner_hash(character),
+            )
+        elif kind == "other_owner":
+            claims["owner"] = _new_owner_hash()
+        elif kind == "wrong_issuer":
+            claims["iss"] = "https://not-the-sso.example"
+        elif kind == "wrong_audience":
+            claims["aud"] = ["another-application", "EVE Online"]
+        elif kind == "unsigned":
+            headers = {"kid": claims["kid"]}
+            return jwt.encode(claims, "", algorithm="none", headers=headers)
+        elif kind == "unknown_kid":
+            kid = str(craft.get("kid") or f"unpublished-{uuid.uuid4()}")
+            claims["kid"] = kid
+            return self._keys.sign_rogue(claims, kid)
+        elif kind == "bad_signature":
+            return self._keys.sign_rogue(claims, str(claims["kid"]))
+        return self._keys.sign(claims, config.sign_alg, str(claims["kid"]))
+
+    def _check_age(
+        self, token: str, now: float, grace_s: float, idle_s: float | None
+    ) -> None:
+        """Refuse a rotated-out token past its grace, or an idle one (lock held)."""
+        retired = self._retired.get(token)
+        if retired is not None and now - retired > grace_s:
+            self._forget(token)
+            raise GrantRefused("Refresh token was rotated out.")
+        if idle_s is not None and now - self._last_used.get(token, now) > idle_s:
+            self._forget(token)
+            raise GrantRefused("Refresh token expired: unused for too long.")
+
+    def _forget(self, token: str) -> None:
+        self._by_refresh.pop(token, None)
+        self._last_used.pop(token, None)
+        self._retired.pop(token, None)
 
 
 def _shape_scp(claims: dict[str, Any], form: str) -> None:
@@ -216,9 +328,8 @@ def _shape_scp(claims: dict[str, Any], form: str) -> None:
     scopes = list(claims.pop("scp"))
     if form == "list" or (form == "auto" and len(scopes) >= 2):
         claims["scp"] = scopes
-    elif form == "string" or (form == "auto" and len(scopes) == 1):
-        if scopes:
-            claims["scp"] = " ".join(scopes)
+    elif (form == "string" or (form == "auto" and len(scopes) == 1)) and scopes:
+        claims["scp"] = " ".join(scopes)
 
 
 def _pkce_matches(challenge: str, verifier: str | None) -> bool:

@@ -65,6 +65,11 @@ class Response:
         self.headers.append((name, value))
 
 
+# Not an answer: the server closes the connection without writing anything,
+# as a proxy dropping it would.
+DROP_CONNECTION = Response(0)
+
+
 def json_response(
     status: int, payload: Any, headers: list[tuple[str, str]] | None = None
 ) -> Response:

@@ -6,10 +6,11 @@ import dataclasses
 import datetime as dt
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -19,7 +20,7 @@ from .admin import AdminService
 from .config import EmulatorConfig
 from .esi import ESIService
 from .grants import Grant
-from .messages import Request, Response, error_response
+from .messages import DROP_CONNECTION, Request, Response, error_response
 from .operations import SpecDocuments, load_operation_table
 from .recordings import load_library
 from .sso import SSOService
@@ -49,7 +50,7 @@ class Emulator:
         where = self.base_url if self._server else "stopped"
         return f"<Emulator {where}>"
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -82,7 +83,7 @@ class Emulator:
         """The switches in force."""
         return self._running().config
 
-    def start(self) -> Emulator:
+    def start(self) -> Self:
         """Generate keys, bind the port and serve from a daemon thread."""
         if self._server is not None:
             return self
@@ -246,7 +247,10 @@ class _Server(ThreadingHTTPServer):
                 pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %r ended abruptly", client_address, exc_info=True)
+        # Called from socketserver's except clause, so the error is at hand.
+        log.debug(
+            "connection from %r ended abruptly", client_address, exc_info=sys.exc_info()
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -299,6 +303,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(response)
 
     def _send(self, response: Response) -> None:
+        if response.status == DROP_CONNECTION.status:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         # Cache answers carry their own Date, taken with the same clock
         # reading as Expires; the base class would add a second one.
         self.log_request(response.status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import secrets
 import time
@@ -13,8 +14,9 @@ from urllib.parse import urlencode
 
 from ..errors import ScopeError
 from ..scopes import normalize_scopes
+from .config import processes_request
 from .grants import CodeGrant, GrantRefused
-from .messages import Request, Response, json_response
+from .messages import DROP_CONNECTION, Request, Response, json_response
 from .state import EmulatorState
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,10 @@ class SSOService:
         )
 
     def jwks(self, request: Request) -> Response:
-        """The public keys."""
+        """The public keys, minus the ones the switches withdraw."""
         headers = [("Cache-Control", "public, max-age=300")]
-        return json_response(200, self._state.keys.jwks(), headers)
+        withdrawn = self._state.switches.jwks_withdrawn
+        return json_response(200, self._state.keys.jwks(withdrawn), headers)
 
     def authorize(self, request: Request) -> Response:
         """Auto-consent: redirect straight back with a fresh code."""
@@ -125,7 +128,11 @@ class SSOService:
         return Response(302, [("Location", location)], b"")
 
     def token(self, request: Request) -> Response:
-        """Code exchange and refresh, with faults, latency and a burst limit."""
+        """Code exchange and refresh, with faults, latency and a burst limit.
+
+        A fault that changes a real answer (or has ``process``) lets the
+        request be carried out first; any other is answered instead of it.
+        """
         config = self._state.switches
         with self._state.stats.sso_token_request() as in_flight:
             if (
@@ -135,10 +142,14 @@ class SSOService:
                 return _oauth_error(503, "temporarily_unavailable", "Too busy.")
             if config.sso_latency_s:
                 time.sleep(config.sso_latency_s)
-            fault = self._state.next_sso_fault()
-            if fault is not None:
+            grant_type = (request.form() or {}).get("grant_type")
+            fault = self._state.next_sso_fault(grant_type)
+            if fault is None:
+                return self._token(request)
+            if not processes_request(fault):
                 return _fault_response(fault)
-            return self._token(request)
+            answer = self._token(request, craft=fault)
+            return _changed_answer(fault, answer)
 
     def revoke(self, request: Request) -> Response:
         """Revoke the grant behind a refresh token; 200 whatever was sent."""
@@ -147,7 +158,9 @@ class SSOService:
             log.debug("revoked a grant")
         return Response(200, list(_NO_CACHE), b"")
 
-    def _token(self, request: Request) -> Response:
+    def _token(
+        self, request: Request, craft: Mapping[str, Any] | None = None
+    ) -> Response:
         form = request.form()
         if form is None:
             return _oauth_error(
@@ -166,14 +179,19 @@ class SSOService:
 
         grant_type = form.get("grant_type", "")
         if grant_type == "authorization_code":
-            return self._exchange_code(form, client_id)
+            return self._exchange_code(form, client_id, craft)
         if grant_type == "refresh_token":
-            return self._refresh(form, client_id)
+            return self._refresh(form, client_id, craft)
         return _oauth_error(
             400, "unsupported_grant_type", f"Grant type {grant_type} is not supported."
         )
 
-    def _exchange_code(self, form: Mapping[str, str], client_id: str) -> Response:
+    def _exchange_code(
+        self,
+        form: Mapping[str, str],
+        client_id: str,
+        craft: Mapping[str, Any] | None = None,
+    ) -> Response:
         try:
             binding = self._state.grants.redeem_code(
                 form.get("code", ""),
@@ -192,16 +210,29 @@ class SSOService:
             binding.character_name,
             binding.scopes,
             refresh_token,
+            craft,
         )
 
-    def _refresh(self, form: Mapping[str, str], client_id: str) -> Response:
-        config = self._state.switches
+    def _refresh(
+        self,
+        form: Mapping[str, str],
+        client_id: str,
+        craft: Mapping[str, Any] | None = None,
+    ) -> Response:
+        config, grants = self._state.switches, self._state.grants
+        code = "invalid_token" if config.legacy_invalid_token else "invalid_grant"
+        sent = form.get("refresh_token", "")
+        if self._transfer_voids(sent):
+            return _oauth_error(400, code, "The character was transferred.")
         try:
-            record, refresh_token = self._state.grants.refresh(
-                form.get("refresh_token", ""), client_id, config.rotation
+            record, refresh_token = grants.refresh(
+                sent,
+                client_id,
+                config.rotation,
+                grace_s=config.rotation_grace_s,
+                idle_s=config.refresh_idle_expiry_s,
             )
         except GrantRefused as exc:
-            code = "invalid_token" if config.legacy_invalid_token else "invalid_grant"
             return _oauth_error(400, code, exc.reason)
 
         scopes = record.scopes
@@ -219,8 +250,29 @@ class SSOService:
 
         self._state.stats.sso_refresh(record.character_id)
         return self._token_answer(
-            client_id, record.character_id, record.character_name, scopes, refresh_token
+            client_id,
+            record.character_id,
+            record.character_name,
+            scopes,
+            refresh_token,
+            craft,
         )
+
+    def _transfer_voids(self, refresh_token: str) -> bool:
+        """Whether a pending transfer of this token's character kills its grants.
+
+        Without ``transfer_revokes``, a transfer only changes the owner hash
+        (see ``_refresh``); with it, every grant of the character dies.
+        """
+        if not self._state.switches.transfer_revokes:
+            return False
+        record = self._state.grants.peek(refresh_token)
+        if record is None or not self._state.take_owner_change(record.character_id):
+            return False
+        self._state.grants.change_owner(record.character_id)
+        self._state.grants.revoke_character(record.character_id)
+        log.debug("character transfer voided the grants of %r", record.character_id)
+        return True
 
     def _token_answer(
         self,
@@ -229,10 +281,11 @@ class SSOService:
         name: str,
         scopes: tuple[str, ...],
         refresh_token: str | None,
+        craft: Mapping[str, Any] | None = None,
     ) -> Response:
         config = self._state.switches
         access_token, _ = self._state.grants.access_token(
-            config, client_id, character_id, name, scopes
+            config, client_id, character_id, name, scopes, craft=craft
         )
         body: dict[str, Any] = {
             "access_token": access_token,
@@ -296,14 +349,9 @@ def _oauth_error(
 def _fault_response(fault: Mapping[str, Any]) -> Response:
     """The injected answer ``fault`` stands for (validated by the config)."""
     if "status" in fault:
-        headers = []
-        if fault.get("retry_after") is not None:
-            headers.append(("Retry-After", str(fault["retry_after"])))
-        return _oauth_error(
-            int(fault["status"]), "server_error", "Injected fault.", headers
-        )
+        return _status_fault(fault)
 
-    kind = fault["kind"]
+    kind = fault.get("kind")
     if kind == "non_json":
         body = b"<html><body>502 Bad Gateway</body></html>"
         return Response(200, [("Content-Type", "text/html")], body)
@@ -312,6 +360,8 @@ def _fault_response(fault: Mapping[str, Any]) -> Response:
     if kind == "timeout":
         time.sleep(float(fault.get("seconds", 5)))
         return _oauth_error(504, "server_error", "Gateway timeout.")
+    if kind == "drop":
+        return DROP_CONNECTION
     if kind == "invalid_client":
         return _oauth_error(
             401,
@@ -320,3 +370,39 @@ def _fault_response(fault: Mapping[str, Any]) -> Response:
             [("WWW-Authenticate", 'Basic realm="login.eveonline.com"')],
         )
     return _oauth_error(400, "invalid_grant", "Invalid refresh token.")
+
+
+def _status_fault(fault: Mapping[str, Any]) -> Response:
+    """Any status with any body: the fault's text, JSON, or an OAuth error."""
+    extra = [(k, v) for k, v in dict(fault.get("headers") or {}).items()]
+    if fault.get("retry_after") is not None:
+        extra.append(("Retry-After", str(fault["retry_after"])))
+    status = int(fault["status"])
+    if "body" in fault:
+        body = str(fault["body"]).encode("utf-8")
+        default_type = "text/plain; charset=utf-8"
+    elif "json" in fault:
+        body = json.dumps(fault["json"]).encode("utf-8")
+        default_type = "application/json; charset=UTF-8"
+    else:
+        return _oauth_error(status, "server_error", "Injected fault.", extra)
+    content_type = ("Content-Type", str(fault.get("content_type", default_type)))
+    return Response(status, [*_NO_CACHE, content_type, *extra], body)
+
+
+def _changed_answer(fault: Mapping[str, Any], answer: Response) -> Response:
+    """The real ``answer``, changed by ``fault`` or replaced by its answer."""
+    if "status" in fault or "kind" in fault:
+        return _fault_response(fault)
+    if answer.status != 200 or not any(
+        k in fault for k in ("patch", "drop", "truncate")
+    ):
+        return answer
+    body = json.loads(answer.body)
+    body.update(dict(fault.get("patch") or {}))
+    for name in fault.get("drop") or ():
+        body.pop(name, None)
+    raw = json.dumps(body).encode("utf-8")
+    if "truncate" in fault:
+        raw = raw[: int(fault["truncate"])]
+    return Response(200, answer.headers, raw)

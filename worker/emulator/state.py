@@ -116,19 +116,34 @@ class EmulatorState:
         :raises ConfigurationError: an unknown switch or a bad value.
         """
         updated = self.config.replace(**dict(switches))
+        if updated.signing_kid is not None:
+            # A new kid means a new key pair, made now rather than mid-request.
+            self.keys.ensure(updated.signing_kid, updated.sign_alg)
         self._apply(updated)
         return updated
 
     def reset(self) -> None:
         """Back to the start: defaults, no grants, no counters, no faults."""
         self._apply(self.defaults)
+        self.keys.forget_added()
         self.grants.clear()
         self.stats.clear()
 
-    def next_sso_fault(self) -> Mapping[str, Any] | None:
-        """The next injected SSO answer, consumed; None when none is queued."""
+    def next_sso_fault(self, grant_type: str | None = None) -> Mapping[str, Any] | None:
+        """The next injected SSO answer for a ``grant_type`` request, consumed
+        (one of its ``count``); None when none is queued for it."""
         with self._lock:
-            return self._sso_faults.popleft() if self._sso_faults else None
+            for index, fault in enumerate(self._sso_faults):
+                wanted = fault.get("grant_type")
+                if wanted is not None and wanted != grant_type:
+                    continue
+                remaining = int(fault.get("count", 1)) - 1
+                if remaining > 0:
+                    self._sso_faults[index] = {**fault, "count": remaining}
+                else:
+                    del self._sso_faults[index]
+                return fault
+        return None
 
     def take_owner_change(self, character_id: int) -> bool:
         """True once if the character's next refresh must change owner."""
