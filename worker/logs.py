@@ -1,7 +1,12 @@
 """Logging set-up for the CLI, with a redaction filter as the second guard.
 
 The code never logs a secret; this filter masks anything that still looks
-like one (a JWT, a bearer header, a token or secret in a form or JSON body).
+like one (a JWT, a bearer header, a token, code or secret in a form, a
+query string or a JSON body). The CLI puts it on its handler; for library
+use, :func:`guard_library_loggers` puts it on the loggers of the libraries
+known to log secrets at DEBUG (requests-oauthlib logs whole token
+requests and answers, urllib3 logs request URLs with their query), since
+an application's own handlers are not ours to touch.
 """
 
 from __future__ import annotations
@@ -12,6 +17,19 @@ import re
 from typing import Any
 
 REDACTED = "[redacted]"
+# Loggers of libraries that write secrets at DEBUG. A filter on a logger
+# only sees records logged to that very logger, so each module's is named.
+LIBRARY_LOGGERS = (
+    "requests_oauthlib",
+    "requests_oauthlib.oauth2_session",
+    "requests_oauthlib.oauth2_auth",
+    "requests_oauthlib.oauth1_session",
+    "requests_oauthlib.oauth1_auth",
+    "oauthlib",
+    "urllib3.connectionpool",
+    "bravado.requests_client",
+    "bravado.http_future",
+)
 
 _PATTERNS = (
     # JWTs: three base64url segments, the first starting with '{"' encoded.
@@ -21,6 +39,11 @@ _PATTERNS = (
         r"(?i)(['\"]?(?:access_token|refresh_token|client_secret|code_verifier|"
         r"password|authorization)['\"]?\s*[:=]\s*['\"]?)[^'\"&\s,}]+"
     ),
+    # An authorization code or a legacy ESI ?token= in a query string or a
+    # form: only after ? or &, so prose like "exit code: 1" stays readable.
+    re.compile(r"(?i)((?:[?&]|&amp;)(?:code|token)=)[^&\s#'\"]+"),
+    # The same names as JSON or dict keys.
+    re.compile(r"(?i)(['\"](?:code|token)['\"]\s*:\s*['\"])[^'\"]+"),
 )
 
 
@@ -28,7 +51,9 @@ def redact(text: str) -> str:
     """``text`` with anything secret-shaped replaced by ``[redacted]``."""
     text = _PATTERNS[0].sub(REDACTED, text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    for pattern in _PATTERNS[2:]:
+        text = pattern.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return text
 
 
 class RedactingFilter(logging.Filter):
@@ -42,6 +67,18 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+def guard_library_loggers() -> None:
+    """Put the redaction filter on :data:`LIBRARY_LOGGERS` (once each).
+
+    Levels and handlers are left as the application set them; only what
+    those loggers write is masked.
+    """
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -76,3 +113,4 @@ def configure_logging(level: str = "INFO") -> None:
         },
     }
     logging.config.dictConfig(config)
+    guard_library_loggers()
