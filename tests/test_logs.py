@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pytest
+from requests_oauthlib import OAuth2Session
 
 from worker.logs import LIBRARY_LOGGERS, RedactingFilter, guard_library_loggers, redact
+
+ASSETS = "esi-assets.read_assets.v1"
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJDSEFSQUNURVI6RVZFOjEifQ.c2lnbmF0dXJlLXBhcnQ"
 
@@ -66,6 +70,73 @@ def test_codes_and_query_tokens_are_masked(text: str, secret: str) -> None:
 )
 def test_prose_about_codes_and_tokens_is_left_alone(text: str) -> None:
     assert redact(text) == text
+
+
+class _Everything(logging.Handler):
+    """Keeps every record of every logger, formatted the way a handler would."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {self.format(record)}")
+
+
+@pytest.fixture
+def everything() -> Iterator[_Everything]:
+    """The root logger at DEBUG with a plain handler, as a web app might set it."""
+    root = logging.getLogger()
+    handler, level = _Everything(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_a_library_user_logging_everything_at_debug_sees_no_secret(
+    everything, runtime, emulator
+):
+    # given the worker used as a library, with no CLI logging set-up, and
+    # an SSO that rotates refresh tokens
+    emulator.configure(rotation="rotate_reject_old")
+    grant = emulator.create_grant(2112000001, "Test Pilot One", [ASSETS])
+    token = runtime.tokens.import_grant(grant)
+
+    # when the token is refreshed twice and revoked
+    first = runtime.tokens.refresh(token)
+    second = runtime.tokens.refresh(first)
+    runtime.tokens.revoke(second)
+
+    # then no log line of any library holds any of the secrets
+    text = "\n".join(everything.lines)
+    secrets = [grant.refresh_token, first.refresh_token, second.refresh_token]
+    secrets += [first.access_token, second.access_token, emulator.client_secret]
+    assert everything.lines
+    for secret in secrets:
+        assert secret not in text
+
+
+def test_requests_oauthlib_called_directly_is_masked_too(everything, runtime, emulator):
+    # given an SSO client created (as any runtime does), and application
+    # code that uses requests-oauthlib itself
+    grant = emulator.create_grant(2112000001, "Test Pilot One", [ASSETS])
+    session = OAuth2Session(emulator.client_id)
+
+    # when it refreshes a token with it
+    answer = session.refresh_token(
+        f"{emulator.base_url}/v2/oauth/token",
+        refresh_token=grant.refresh_token,
+        auth=(emulator.client_id, emulator.client_secret),
+    )
+
+    # then requests-oauthlib logged the exchange, with the secrets masked
+    logged = [line for line in everything.lines if line.startswith("requests_oauthlib")]
+    assert logged
+    text = "\n".join(logged)
+    for secret in (grant.refresh_token, answer["refresh_token"], answer["access_token"]):
+        assert secret not in text
 
 
 def test_guarding_the_library_loggers_twice_adds_one_filter() -> None:

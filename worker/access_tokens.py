@@ -195,7 +195,7 @@ def _check_claims(claims: Mapping[str, Any], *, client_id: str) -> None:
 def _claims_from(
     claims: Mapping[str, Any], clock: Clock, *, allow_expired: bool
 ) -> AccessTokenClaims:
-    expires_at = dt.datetime.fromtimestamp(claims["exp"], dt.UTC)
+    expires_at = _instant(claims["exp"], "exp")
     if not allow_expired and clock.time() > claims["exp"] + CLOCK_LEEWAY_S:
         raise JWTValidationError(
             f"the access token expired at {expires_at.isoformat()}"
@@ -213,10 +213,16 @@ def _claims_from(
         scopes=_scopes(claims.get("scp")),
         expires_at=expires_at,
         token_type=token_type,
-        issued_at=dt.datetime.fromtimestamp(iat, dt.UTC)
-        if isinstance(iat, (int, float))
-        else None,
+        issued_at=_instant(iat, "iat") if isinstance(iat, (int, float)) else None,
     )
+
+
+def _instant(seconds: float, claim: str) -> dt.datetime:
+    """A time claim as an aware datetime; one out of any calendar's range fails."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise JWTValidationError(f"the {claim} claim is out of range") from None
 
 
 def _subject(sub: Any) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from worker.clock import FrozenClock
 from worker.errors import JWTValidationError
-from worker.sso import UNKNOWN_KID_REFETCH_S, KeySet, SSOClient
+from worker.sso import UNKNOWN_KID_REFETCH_S, KeySet, SSOClient, verify_access_token
 
 from .conftest import ASSETS, CHARACTER_ID, CHARACTER_NAME, SKILLS
 
@@ -211,3 +211,24 @@ def test_a_key_is_only_used_for_its_own_algorithm(emulator, sso):
     with pytest.raises(JWTValidationError, match="RS256"):
         sso.keys.key_for("JWT-Signature-Key", "ES256")
     # then the mismatch is refused
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat"])
+def test_a_time_claim_out_of_range_is_refused_as_a_bad_token(emulator, sso, claim):
+    # given a validly signed token whose time claim no calendar can hold
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="local-key", alg="RS256", use="sig")
+    keys = KeySet(lambda: {"keys": [jwk]}, max_age_s=300)
+    claims = jwt.decode(
+        _fresh_access_token(emulator, sso), options={"verify_signature": False}
+    )
+    claims[claim] = 1e20
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "local-key"})
+
+    # when it is verified (expiry waived, so only the range is checked)
+    with pytest.raises(JWTValidationError, match=claim):
+        verify_access_token(
+            token, keys, client_id=emulator.client_id, allow_expired=True
+        )
+    # then it is one of our errors, naming the claim

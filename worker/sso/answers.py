@@ -3,16 +3,21 @@
 Every answer (or failure to get one) becomes ``None`` (usable) or one of
 :class:`SSOGrantError` (the grant is dead), :class:`SSOConfigurationError`
 (our client credentials were refused) and :class:`SSOTransientError`
-(try again later); :func:`sso_class` names the class for metrics.
+(try again later); :func:`sso_class` names the class for metrics, and
+:func:`may_have_acted` tells whether a failed request may still have
+rotated the refresh token at the SSO.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
+import math
 from typing import Any
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
@@ -25,6 +30,9 @@ from ..errors import (
 GRANT_ERRORS = frozenset({"invalid_grant", "invalid_token"})
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 SSO_CLASSES = ("success", "dead_grant", "config", "transient", "none")
+# A Retry-After beyond this is read as this: an SSO (or a proxy) asking for
+# days must not park a token until its refresh token idles out.
+RETRY_AFTER_MAX_S = 3600.0
 
 
 def classify_token_error(
@@ -39,8 +47,7 @@ def classify_token_error(
     :param exc: the exception raised instead of an answer (timeout, ...).
     """
     if response is None:
-        kind = type(exc).__name__ if exc is not None else "no answer"
-        return SSOTransientError(f"SSO token endpoint unreachable ({kind})")
+        return _no_answer(exc)
 
     status = response.status_code
     if status == 429:
@@ -82,12 +89,28 @@ def classify_token_error(
     return None
 
 
-def raise_for_answer(response: requests.Response) -> requests.Response:
-    """requests-oauthlib compliance hook: our classification before its parser."""
-    error = classify_token_error(response)
-    if error is not None:
-        raise error
-    return response
+def answer_body(response: requests.Response) -> dict[str, Any] | None:
+    """The answer's JSON object, or ``None`` when the body is not one."""
+    return _json_object(response)
+
+
+def may_have_acted(error: BaseException) -> bool:
+    """Whether the SSO may have carried out a request that failed this way.
+
+    A refused grant or client, a throttled or rejected request, or a
+    connection that never opened did nothing at the SSO. A timeout after
+    the request went out, a dropped connection, a 5xx (a gateway can fail
+    after the SSO answered) or a garbled 200 may have rotated the refresh
+    token without our hearing of the new one.
+    """
+    if isinstance(error, (SSOGrantError, SSOConfigurationError)):
+        return False
+    if not isinstance(error, SSOError):
+        return True
+    status = error.status
+    if status is None:
+        return not _never_sent(error.__cause__)
+    return status == 200 or status >= 500
 
 
 def sso_class(error: BaseException | None, *, answered: bool = True) -> str:
@@ -105,10 +128,33 @@ def sso_class(error: BaseException | None, *, answered: bool = True) -> str:
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
     try:
-        body = response.json()
-    except ValueError:
+        body = json.loads(response.content or b"")
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def _no_answer(exc: BaseException | None) -> SSOTransientError:
+    """The error for a request that got no HTTP answer at all."""
+    kind = type(exc).__name__ if exc is not None else "no answer"
+    if exc is None or _never_sent(exc):
+        return SSOTransientError(f"SSO token endpoint unreachable ({kind})")
+    # Unlike an unreachable endpoint, this one got the request: with
+    # rotation, the refresh token sent may be spent already.
+    return SSOTransientError(
+        f"SSO token endpoint sent no answer ({kind}); unlike an unreachable "
+        "endpoint, it got the request and may have acted on it"
+    )
+
+
+def _never_sent(exc: BaseException | None) -> bool:
+    """Whether the request failed before a connection to the SSO was open."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 def _error_code(value: Any) -> str | None:
@@ -124,13 +170,20 @@ def _retry_after_s(response: requests.Response, clock: Clock) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _bounded(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, (when - clock.now()).total_seconds())
+    return _bounded((when - clock.now()).total_seconds())
+
+
+def _bounded(seconds: float) -> float | None:
+    """A wait between 0 and :data:`RETRY_AFTER_MAX_S`; ``None`` for NaN."""
+    if math.isnan(seconds):
+        return None
+    return min(RETRY_AFTER_MAX_S, max(0.0, seconds))

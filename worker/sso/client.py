@@ -1,7 +1,13 @@
 """The SSO client: login URLs, code exchange, refresh and revoke for one app.
 
-requests-oauthlib logs request bodies (refresh tokens included) at DEBUG on
-the ``requests_oauthlib`` logger; nothing here ever turns that logger up.
+Token requests are plain form POSTs through requests, and their answers
+are parsed and classified here (``answers``), never by oauthlib: its
+parser drops a rotated refresh token on any odd field, and
+requests-oauthlib logs request bodies (refresh tokens included) at DEBUG.
+A caller's ``OAuth2Session`` (django-esi habit) is used as the transport
+only; the requests-oauthlib loggers get the redaction filter anyway
+(:func:`worker.logs.guard_library_loggers`), for code that calls them
+directly.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from oauthlib.oauth2 import OAuth2Error
 from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth2Session
@@ -28,9 +34,10 @@ from requests_oauthlib import OAuth2Session
 from ..access_tokens import AccessTokenClaims, KeySet, verify_access_token
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, SSOError, SSOTransientError
+from ..logs import guard_library_loggers
 from ..scopes import normalize_scopes
 from ..settings import Settings
-from .answers import classify_token_error, raise_for_answer
+from .answers import answer_body, classify_token_error
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +57,16 @@ class TokenAnswer:
     """A token-endpoint answer before its access token is verified.
 
     ``refresh_token`` is the one to keep: the new one when the SSO rotated
-    it, else the one that was sent.
+    it, else the one that was sent. ``problem`` is set when the answer
+    carried a usable refresh token but no usable access token (a garbled
+    200): :meth:`SSOClient.verify_answer` raises it, and a caller that
+    stores tokens keeps the refresh token all the same.
     """
 
     access_token: str = dataclasses.field(repr=False)
     refresh_token: str | None = dataclasses.field(repr=False)
     rotated: bool = False
+    problem: SSOError | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +110,7 @@ class Endpoints:
 class SSOClient:
     """Talks to EVE SSO v2 for one registered application.
 
-    Token calls build a fresh ``OAuth2Session`` each (sessions are not
+    Token calls build a fresh ``requests.Session`` each (sessions are not
     thread-safe) that share one keep-alive connection pool; the key set is
     cached, so a refresh costs one HTTP round trip.
     """
@@ -118,6 +129,7 @@ class SSOClient:
             self._fetch_jwks, max_age_s=settings.jwks_max_age_s, clock=clock
         )
         _allow_loopback_http(self._base_url)
+        guard_library_loggers()
 
     def __repr__(self) -> str:
         return f"SSOClient(base_url={self._base_url!r}, client_id={self._client_id!r})"
@@ -182,20 +194,15 @@ class SSOClient:
         """
         if not code:
             raise ValueError("exchange_code() needs the authorization code")
-        session = self._session(redirect_uri)
-        extra = {"code_verifier": code_verifier} if code_verifier else {}
-        auth = self._basic_auth()
-        body = self._call(
-            lambda: session.fetch_token(
-                self.endpoints.token,
-                code=code,
-                auth=auth,
-                include_client_id=auth is None,
-                timeout=self._timeout_s,
-                **extra,
-            )
-        )
-        return self.verify_answer(_answer(body, previous=None))
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": redirect_uri or self._settings.sso_callback_url,
+        }
+        if code_verifier:
+            form["code_verifier"] = code_verifier
+        answer = self._token_request(form, None, None, previous=None)
+        return self.verify_answer(answer)
 
     def refresh(
         self,
@@ -230,26 +237,18 @@ class SSOClient:
         """
         if not refresh_token:
             raise ValueError("refresh() needs a refresh token")
-        session = self._prepare(session) if session is not None else self._session()
-        auth = auth if auth is not None else self._basic_auth()
-        extra = {} if auth is not None else {"client_id": self._require_client_id()}
-        body = self._call(
-            lambda: session.refresh_token(
-                self.endpoints.token,
-                refresh_token=refresh_token,
-                auth=auth,
-                timeout=self._timeout_s,
-                **extra,
-            )
-        )
-        return _answer(body, previous=refresh_token)
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        return self._token_request(form, session, auth, previous=refresh_token)
 
     def verify_answer(self, answer: TokenAnswer) -> TokenGrant:
         """A grant from a token answer whose access token verifies.
 
         :raises JWTValidationError: the access token failed verification.
-        :raises SSOTransientError: the key set could not be fetched.
+        :raises SSOTransientError: the answer had no usable access token, or
+            the key set could not be fetched.
         """
+        if answer.problem is not None:
+            raise answer.problem
         claims = self.verify_access_token(answer.access_token)
         return TokenGrant(
             access_token=answer.access_token,
@@ -268,12 +267,7 @@ class SSOClient:
         auth = self._basic_auth()
         if auth is None:
             data["client_id"] = self._require_client_id()
-        try:
-            response = self._http().post(
-                self.endpoints.revoke, data=data, auth=auth, timeout=self._timeout_s
-            )
-        except requests.RequestException as exc:
-            raise classify_token_error(exc=exc) from exc  # type: ignore[misc]
+        response = self._post(self.endpoints.revoke, data, None, auth)
         if not 200 <= response.status_code < 300:
             error = classify_token_error(response, clock=self._clock)
             raise error or SSOTransientError(
@@ -330,36 +324,53 @@ class SSOClient:
         session.mount("http://", self._adapter)
         return session
 
-    def _session(self, redirect_uri: str | None = None) -> OAuth2Session:
-        session = OAuth2Session(
-            self._require_client_id(),
-            redirect_uri=redirect_uri or self._settings.sso_callback_url,
-        )
-        session.headers["User-Agent"] = self._settings.user_agent
-        session.mount("https://", self._adapter)
-        session.mount("http://", self._adapter)
-        return self._prepare(session)
+    def _token_request(
+        self,
+        form: dict[str, str],
+        session: requests.Session | None,
+        auth: Any,
+        *,
+        previous: str | None,
+    ) -> TokenAnswer:
+        """POST one token request and read its answer (see :func:`_answer`)."""
+        auth = auth if auth is not None else self._basic_auth()
+        if auth is None:
+            form["client_id"] = self._require_client_id()
+        response = self._post(self.endpoints.token, form, session, auth)
+        return _answer(response, previous=previous, clock=self._clock)
 
-    @staticmethod
-    def _prepare(session: OAuth2Session) -> OAuth2Session:
-        # Hooks are kept in sets, so registering the same function twice on a
-        # caller's session is harmless.
-        session.register_compliance_hook("access_token_response", raise_for_answer)
-        session.register_compliance_hook("refresh_token_response", raise_for_answer)
-        return session
-
-    def _call(self, send: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
-        """Run one token request; translate whatever escapes into our errors."""
+    def _post(
+        self,
+        url: str,
+        form: Mapping[str, str],
+        session: requests.Session | None,
+        auth: Any,
+    ) -> requests.Response:
+        """Send a form; every failure to get an answer becomes our error."""
+        # requests.Session.request, not the session's own: OAuth2Session's
+        # would add its token to the request and log the form at DEBUG.
+        http = session if session is not None else self._http()
+        headers = {"Accept": "application/json"}
+        if session is not None:
+            headers["User-Agent"] = self._settings.user_agent
         try:
-            return send()
-        except SSOError:
-            raise
+            return requests.Session.request(
+                http,
+                "POST",
+                url,
+                data=dict(form),
+                auth=auth,
+                headers=headers,
+                timeout=self._timeout_s,
+                allow_redirects=False,
+            )
         except requests.RequestException as exc:
             raise classify_token_error(exc=exc) from exc  # type: ignore[misc]
-        except (OAuth2Error, ValueError, Warning) as exc:
-            # oauthlib's exceptions may hold the parsed token; do not chain.
+        except Exception as exc:  # noqa: BLE001 (reported as our error)
+            # Anything else (a caller's adapter, a decoding bug) is still an
+            # answer we did not get; its text may hold the form, so no chain.
             raise SSOTransientError(
-                f"SSO token answer could not be parsed ({type(exc).__name__})"
+                f"SSO token request failed ({type(exc).__name__})"
             ) from None
 
     def _discover(self) -> Endpoints:
@@ -398,15 +409,64 @@ class SSOClient:
         return document
 
 
-def _answer(body: Mapping[str, Any], *, previous: str | None) -> TokenAnswer:
-    """The secrets of a classified answer; a missing refresh token keeps ours."""
-    new = body.get("refresh_token")
-    refresh_token = str(new) if new else previous
+def _answer(
+    response: requests.Response, *, previous: str | None, clock: Clock
+) -> TokenAnswer:
+    """The secrets of a token answer, or the error it amounts to.
+
+    A 200 whose access token is unusable but which carries a new refresh
+    token is still an answer: with rotation, that refresh token may be the
+    only live one now, so it is handed back with the ``problem``.
+
+    :raises SSOError: the answer is an error, or unusable and holds no new
+        refresh token.
+    """
+    error = classify_token_error(response, clock=clock)
+    if error is not None and response.status_code != 200:
+        raise error
+    refresh_token = _refresh_token_of(response, previous)
+    if error is not None:
+        if refresh_token in (None, previous):
+            raise error
+        log.warning("SSO answer unusable (%s); keeping its new refresh token", error)
+        return TokenAnswer("", refresh_token, previous is not None, problem=error)
+
+    body = answer_body(response)
+    assert body is not None
     return TokenAnswer(
-        access_token=str(body["access_token"]),
+        access_token=body["access_token"],
         refresh_token=refresh_token,
-        rotated=bool(new) and previous is not None and new != previous,
+        rotated=previous is not None and refresh_token != previous,
     )
+
+
+# A complete "refresh_token": "..." pair in a body that is not valid JSON
+# (cut short, or with junk around it).
+_REFRESH_TOKEN_RE = re.compile(rb'"refresh_token"\s*:\s*"([A-Za-z0-9+/=._~-]{8,512})"')
+
+
+def _refresh_token_of(response: requests.Response, previous: str | None) -> str | None:
+    """The refresh token to keep after ``response``.
+
+    A missing (or empty) refresh token means the SSO kept ours. One of a
+    wrong type is not ours to keep: the answer is then unusable as a whole.
+
+    :raises SSOTransientError: the refresh token field is not a string.
+    """
+    body = answer_body(response)
+    if body is None:
+        found = _REFRESH_TOKEN_RE.search(response.content or b"")
+        return found.group(1).decode("ascii") if found else previous
+    new = body.get("refresh_token")
+    if new is None or new == "":
+        return previous
+    if not isinstance(new, str):
+        raise SSOTransientError(
+            f"SSO answered {response.status_code} with a refresh_token that is "
+            f"not a string ({type(new).__name__})",
+            status=response.status_code,
+        )
+    return new
 
 
 def _s256(verifier: str) -> str:
