@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # -- tokens --
     refresh_parallelism: int = Field(default=4, ge=1)
     refresh_ahead_s: float = Field(default=300.0, ge=0)
+    # Tokens are also due up to this much earlier than refresh_ahead_s, each
+    # by a fixed share, so renewals that coincide drift apart (0: off).
+    refresh_spread_s: float = Field(default=120.0, ge=0)
     prune_grace_s: float = Field(default=7 * 86400.0, ge=0)
     # -- token lifecycle: login, encryption at rest --
     # Fernet keys, newest first: the first encrypts, all decrypt. Given as a

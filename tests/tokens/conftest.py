@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from worker.clock import FrozenClock
+from worker.emulator import Emulator, EmulatorConfig
 from worker.sso import SSOClient
 from worker.tokens import Token, TokenStore
 
@@ -28,13 +29,6 @@ _serial = itertools.count(1)
 
 
 CHILD = Path(__file__).with_name("refresh_child.py")
-
-
-@pytest.fixture(autouse=True)
-def clean_token_side_tables(clean_db) -> None:
-    """Empty the refresh journal and prune record (not in clean_db's list)."""
-    with clean_db.connection() as conn:
-        conn.execute("TRUNCATE esi_token_refresh_journal, esi_token_pruned")
 
 
 @pytest.fixture
@@ -53,12 +47,37 @@ def frozen_store(settings, clean_db, clock) -> Iterator[TokenStore]:
 
 
 @pytest.fixture
+def shared_clock(
+    settings, clean_db
+) -> Iterator[tuple[Emulator, TokenStore, FrozenClock]]:
+    """An emulator of its own and a store on one frozen clock.
+
+    The access tokens the emulator signs then expire on the store's clock,
+    so a test can move through whole token lifetimes without sleeping.
+    """
+    clock = FrozenClock()
+    emulator = Emulator(EmulatorConfig(), clock=clock)
+    emulator.start()
+    mine = settings.replace(
+        sso_base_url=emulator.base_url, esi_base_url=emulator.base_url
+    )
+    sso = SSOClient(mine, clock=clock)
+    store = TokenStore(clean_db, sso, mine, clock=clock)
+    yield emulator, store, clock
+    store.close()
+    sso.close()
+    emulator.stop()
+
+
+@pytest.fixture
 def child(settings) -> Callable[..., subprocess.Popen[str]]:
     """Start ``refresh_child.py`` in its own process, on the test settings."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(mode: str, *args: Any) -> subprocess.Popen[str]:
-        config = {
+    def start(
+        mode: str, *args: Any, keys: list[str] | None = None
+    ) -> subprocess.Popen[str]:
+        config: dict[str, Any] = {
             "database_url": settings.database_url,
             "data_dir": str(settings.data_dir),
             "sso_base_url": settings.sso_base_url,
@@ -66,6 +85,8 @@ def child(settings) -> Callable[..., subprocess.Popen[str]]:
             "sso_client_id": settings.sso_client_id,
             "sso_client_secret": settings.sso_client_secret.get_secret_value(),
         }
+        if keys is not None:
+            config["token_keys"] = keys
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
         proc = subprocess.Popen(
             [sys.executable, str(CHILD), mode, json.dumps(config), *map(str, args)],

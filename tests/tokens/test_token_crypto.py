@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 from worker.crypto import KEY_FILE, PREFIX, TokenCipher
 from worker.errors import ConfigurationError
@@ -167,3 +170,120 @@ def _fields() -> dict:
         "scopes": ["esi-assets.read_assets.v1"],
         "access_expires": dt.datetime.now(dt.UTC),
     }
+
+
+def _secret_columns(pool) -> list[str]:
+    """Every stored secret of the three tables that hold them."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT access_token FROM esi_token UNION ALL"
+            " SELECT refresh_token FROM esi_token UNION ALL"
+            " SELECT refresh_token FROM esi_token_refresh_journal UNION ALL"
+            " SELECT code_verifier FROM esi_pending_login"
+        ).fetchall()
+    return [r[0] for r in rows if r[0] is not None]
+
+
+@pytest.mark.parametrize("esi_settings_overrides", [{"db_pool_max": 4}])
+def test_reencrypt_covers_the_journal_and_pending_logins(
+    emulator, settings, clean_db, child
+):
+    # given, under the old key: a token a dying worker left a saved refresh
+    # token for (the SSO rejects the stored one), and a pending PKCE login
+    from worker.login import begin_login, complete_login
+
+    emulator.configure(rotation="rotate_reject_old")
+    old = _store(settings, clean_db, [OLD_KEY])
+    grant = emulator.create_grant(
+        95100001, "Journal Pilot", ["esi-assets.read_assets.v1"]
+    )
+    token = old.import_grant(grant)
+    proc = child("die-after-journal", token.id, keys=[OLD_KEY])
+    proc.wait(timeout=60)
+    url, state = begin_login(["esi-assets.read_assets.v1"], pkce=True, store=old)
+
+    # when the new key is put first, everything re-encrypted, the old key
+    # dropped
+    rotated = _store(settings, clean_db, [NEW_KEY, OLD_KEY])
+    report = rotated.reencrypt_report()
+    new_only = _store(settings, clean_db, [NEW_KEY])
+
+    # then every secret of every table opens with the new key alone
+    assert proc.returncode == -9
+    assert (report.tokens, report.journal_entries, report.pending_logins) == (1, 1, 1)
+    assert report.locked == 0 and rotated.reencrypt() == 0
+    assert all(TokenCipher([NEW_KEY]).is_current(v) for v in _secret_columns(clean_db))
+
+    # and the token refreshes with the saved refresh token, and the login
+    # completes
+    fresh = new_only.refresh(new_only.get(token.id))
+    assert fresh.state == VALID and not fresh.expired
+    answer = requests.get(url, allow_redirects=False, timeout=10)
+    code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+    assert complete_login(code, state, store=new_only).scopes
+
+
+def test_reencrypt_waits_for_a_row_being_refreshed(emulator, settings, clean_db):
+    # given a token under the old key, locked by a refresh in flight
+    old = _store(settings, clean_db, [OLD_KEY])
+    token = old.add(**_fields())
+    rotated = _store(settings, clean_db, [NEW_KEY, OLD_KEY])
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with clean_db.connection() as conn, conn.transaction():
+            conn.execute(
+                "SELECT 1 FROM esi_token WHERE id = %s FOR UPDATE", (token.id,)
+            )
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    locked.wait(10)
+
+    # when the secrets are re-encrypted while the lock is held, briefly
+    threading.Timer(0.3, release.set).start()
+    report = rotated.reencrypt_report(lock_timeout_s=10)
+    holder.join(10)
+
+    # then the row was waited for and re-encrypted, nothing left behind
+    assert (report.tokens, report.locked) == (1, 0)
+    assert TokenCipher([NEW_KEY]).is_current(_raw(clean_db, token.id)[1])
+
+
+def test_reencrypt_reports_a_row_that_stays_locked(emulator, settings, clean_db):
+    # given a token under the old key, locked longer than reencrypt waits
+    old = _store(settings, clean_db, [OLD_KEY])
+    token = old.add(**_fields())
+    rotated = _store(settings, clean_db, [NEW_KEY, OLD_KEY])
+    with clean_db.connection() as conn, conn.transaction():
+        conn.execute("SELECT 1 FROM esi_token WHERE id = %s FOR UPDATE", (token.id,))
+
+        # when the secrets are re-encrypted
+        report = rotated.reencrypt_report(lock_timeout_s=0.2)
+
+    # then the locked row is reported, so the old key is not dropped yet
+    assert (report.tokens, report.locked) == (0, 1)
+    assert "run it again" in str(report)
+    assert rotated.reencrypt_report().tokens == 1
+
+
+def test_an_undecryptable_journal_entry_does_not_block_the_refresh(
+    sso_token, store, settings, clean_db
+):
+    # given a journal entry written under a key that was since dropped
+    token = sso_token()
+    lost = TokenCipher([OLD_KEY]).encrypt("a-refresh-token-nobody-can-read")
+    with clean_db.connection() as conn:
+        conn.execute(
+            "INSERT INTO esi_token_refresh_journal (token_id, started, refresh_token)"
+            " VALUES (%s, now(), %s)",
+            (token.id, lost),
+        )
+
+    # when the token is refreshed
+    fresh = store.refresh(token)
+
+    # then the refresh went on with the stored refresh token
+    assert fresh.state == VALID and not fresh.expired

@@ -308,3 +308,147 @@ def test_secrets_appear_in_no_repr_error_or_log(emulator, sso_token, store, capl
     # then no secret is in them
     for secret in (token.access_token, token.refresh_token, emulator.client_secret):
         assert secret not in shown
+
+
+def _with_extra_scope(emulator, store, character_id: int = CHARACTER_ID) -> Token:
+    """A token stored with one scope more than its grant holds (as an
+    import or a scope CCP removed leaves it)."""
+    grant = emulator.create_grant(
+        character_id=character_id, character_name="Pilot", scopes=[ASSETS]
+    )
+    return store.add(
+        access_token=grant.access_token,
+        refresh_token=grant.refresh_token,
+        character_id=grant.character_id,
+        character_name=grant.character_name,
+        character_owner_hash=grant.owner_hash,
+        scopes=[ASSETS, SKILLS],
+        access_expires=grant.expires_at,
+    )
+
+
+def test_a_refresh_that_changes_the_scopes_hands_out_the_new_access_token(
+    emulator, store
+):
+    # given an expired token whose grant holds fewer scopes than stored
+    token = _with_extra_scope(emulator, store)
+    old_access = token.access_token
+
+    # when its access token is asked for
+    access = token.valid_access_token()
+
+    # then the new access token came back, and the object is fresh
+    row = stored(store, token)
+    assert access == row.access_token != old_access
+    assert not token.expired and token.scopes == (ASSETS,) == row.scopes
+
+
+@pytest.mark.parametrize("how", ["refresh_many", "bulk_refresh", "refresh"])
+def test_every_refresh_entry_point_returns_fresh_tokens_after_a_scope_change(
+    emulator, store, how
+):
+    # given an expired token whose grant holds fewer scopes than stored
+    token = _with_extra_scope(emulator, store)
+
+    # when it is refreshed through one entry point
+    if how == "refresh_many":
+        [fresh] = store.refresh_many([token])
+    elif how == "bulk_refresh":
+        [fresh] = list(store.query().bulk_refresh())
+    else:
+        fresh = store.refresh(token)
+
+    # then what comes back is the stored, unexpired token
+    assert not fresh.expired
+    assert fresh.access_token == stored(store, token).access_token
+
+
+def test_refresh_many_returns_tokens_another_holder_refreshed(
+    emulator, sso_token, store
+):
+    # given a snapshot of two expired tokens; then another holder refreshes
+    # the first, and the SSO will fail the next call
+    emulator.configure(rotation="rotate_reject_old")
+    raced = sso_token(character_id=CHARACTER_ID)
+    failing = sso_token(character_id=90000011)
+    snapshot = [store.get(raced.id), store.get(failing.id)]
+    store.get(raced.id).refresh()
+    emulator.configure(sso_faults=[{"status": 503}])
+
+    # when the snapshot is refreshed
+    refreshed = store.refresh_many(snapshot)
+
+    # then the one refreshed elsewhere comes back as stored now, the one
+    # whose refresh failed does not
+    assert refreshed == [raced]
+    assert refreshed[0].access_token == stored(store, raced).access_token
+    assert not refreshed[0].expired
+
+
+def _scopeless(store, character_id: int, expires_in_s: float) -> Token:
+    return store.add(
+        access_token=f"scopeless-{character_id}",
+        refresh_token=None,
+        character_id=character_id,
+        character_name="Scopeless",
+        character_owner_hash="owner",
+        scopes=[],
+        access_expires=store.clock.now() + dt.timedelta(seconds=expires_in_s),
+    )
+
+
+def test_bulk_refresh_returns_every_token_still_usable(emulator, sso_token, store):
+    # given a token to refresh, one whose grant is dead, a fresh token
+    # without refresh token and an expired one without
+    healthy = sso_token(character_id=CHARACTER_ID)
+    dead = sso_token(character_id=90000011)
+    store.sso.revoke(dead.refresh_token)
+    fresh = _scopeless(store, 90000012, 600)
+    _scopeless(store, 90000013, -600)
+
+    # when they are bulk refreshed
+    refreshed = list(store.query().order_by("-character_id").bulk_refresh())
+
+    # then the refreshed and the fresh scopeless one come back, in the
+    # query's order; the dead and the lapsed ones do not
+    assert refreshed == [healthy, fresh]
+    assert not refreshed[0].expired
+
+
+def test_bulk_refresh_leaves_out_a_token_whose_refresh_did_not_complete(
+    emulator, sso_token, store
+):
+    # given an expired token and an SSO failing its next call
+    token = sso_token()
+    emulator.configure(sso_faults=[{"status": 503}])
+
+    # when it is bulk refreshed
+    refreshed = list(store.query().bulk_refresh())
+
+    # then it is not among the usable ones, but kept for a later try
+    assert refreshed == []
+    assert stored(store, token).state == VALID
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["315360000", "Wed, 21 Oct 2037 07:28:00 GMT", "inf"],
+    ids=["ten-years", "http-date", "inf"],
+)
+def test_a_huge_retry_after_parks_a_token_for_an_hour_at_most(
+    emulator, frozen_store, clock, retry_after
+):
+    # given an expired token and an SSO asking to wait for years
+    grant = emulator.create_grant(
+        character_id=CHARACTER_ID, character_name="Pilot", scopes=[ASSETS]
+    )
+    token = frozen_store.import_grant(grant)
+    emulator.configure(sso_faults=[{"status": 429, "retry_after": retry_after}])
+
+    # when a refresh run is throttled
+    assert frozen_store.refresh_due().transient == 1
+
+    # then the token waits an hour at most, still valid
+    row = stored(frozen_store, token)
+    assert row.state == VALID and row.refresh_failures == 1
+    assert row.next_refresh_attempt <= clock.now() + dt.timedelta(seconds=3600)

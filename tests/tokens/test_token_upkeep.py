@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+
+import pytest
 
 from worker import metrics
+from worker.errors import TokenExpiredError
 from worker.tokens import NO_REFRESH_EXPIRED, REVOKED, VALID, TokenStore
+from worker.tokens.upkeep import CLAIM_LEASE_S, spread_share
 
 from .conftest import ASSETS, CHARACTER_NAME, SKILLS, stored, token_count
 
@@ -154,3 +160,195 @@ def test_refresh_due_uses_the_settings_by_default(emulator, frozen_store, settin
     # then the token, with more than refresh_ahead_s left, was not due
     assert remaining > dt.timedelta(seconds=settings.refresh_ahead_s)
     assert summary.total == 0
+
+
+def _rows(store: TokenStore, tokens) -> list:
+    return [stored(store, t) for t in tokens]
+
+
+@pytest.mark.parametrize("esi_settings_overrides", [{"refresh_parallelism": 4}])
+def test_invalid_client_stops_a_bulk_run_and_touches_nothing(
+    emulator, frozen_store, caplog
+):
+    # given forty expired tokens and an SSO that now refuses our credentials
+    tokens = [_grant_token(emulator, frozen_store, 91100000 + n) for n in range(40)]
+    before = {r.id: (r.refresh_token, r.updated) for r in _rows(frozen_store, tokens)}
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}] * 1000)
+
+    # when due tokens are refreshed with the default batch and parallelism
+    summary = frozen_store.refresh_due()
+
+    # then at most one refusal per parallel slot reached the SSO, the
+    # operator was told once, and no token was touched or left leased
+    calls = emulator.stats()["sso_token_requests"]
+    assert 1 <= summary.config_error == calls <= 4
+    assert summary.success == summary.transient == 0
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1
+    for row in _rows(frozen_store, tokens):
+        assert (row.refresh_token, row.updated) == before[row.id]
+        assert row.state == VALID and row.refresh_failures == 0
+        assert row.next_refresh_attempt is None
+    with frozen_store.pool.connection() as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM esi_token_refresh_journal").fetchone()[0]
+            == 0
+        )
+    assert frozen_store.client_refusal() is not None
+
+    # and once the credentials work again, the next run renews them all
+    emulator.configure(sso_faults=[])
+    assert frozen_store.refresh_due().success == 40
+    assert frozen_store.client_refusal() is None
+
+
+@pytest.mark.parametrize("how", ["refresh_many", "bulk_refresh"])
+def test_invalid_client_stops_the_other_bulk_entry_points(emulator, store, how):
+    # given ten expired tokens and an SSO that refuses our credentials
+    tokens = [_grant_token(emulator, store, 91200000 + n) for n in range(10)]
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}] * 100)
+
+    # when they are refreshed in bulk, two at a time
+    if how == "refresh_many":
+        refreshed = store.refresh_many(tokens, parallelism=2)
+    else:
+        refreshed = list(store.query().bulk_refresh())
+
+    # then no more SSO calls were made than refreshes ran at once
+    assert refreshed == []
+    assert emulator.stats()["sso_token_requests"] <= store.settings.refresh_parallelism
+    assert all(r.state == VALID for r in _rows(store, tokens))
+
+
+def test_renewals_that_fall_due_together_are_spread_over_several_runs(shared_clock):
+    # given sixty tokens renewed in one run (so their expiries coincide),
+    # on a clock the emulator shares
+    emulator, store, clock = shared_clock
+    tokens = [_grant_token(emulator, store, 91300000 + n) for n in range(60)]
+    assert store.refresh_due().success == 60
+    first = [r.access_expires for r in _rows(store, tokens)]
+    assert (max(first) - min(first)).total_seconds() < 5
+
+    # when the scheduler runs the refresh every minute for the next cycle
+    per_run = []
+    while sum(per_run) < 60:
+        clock.advance(60)
+        per_run.append(store.refresh_due().success)
+        assert not any(r.expired for r in _rows(store, tokens))
+        assert len(per_run) < 30
+
+    # then the renewals came in more than one run, never all at once, and
+    # the new expiries are spread apart
+    assert len([n for n in per_run if n]) >= 2 and max(per_run) < 60
+    second = [r.access_expires for r in _rows(store, tokens)]
+    assert (max(second) - min(second)).total_seconds() >= 60
+
+
+def test_the_spread_share_is_fixed_per_token_and_covers_the_window():
+    # given many consecutive token ids
+    shares = [spread_share(token_id) for token_id in range(1, 2001)]
+
+    # then each share is in [0, 1), the same on every call, and they fill
+    # the window evenly
+    assert all(0 <= s < 1 for s in shares)
+    assert shares == [spread_share(token_id) for token_id in range(1, 2001)]
+    for tenth in range(10):
+        inside = [s for s in shares if tenth / 10 <= s < (tenth + 1) / 10]
+        assert 150 <= len(inside) <= 250
+
+
+def test_refresh_spread_of_zero_keeps_the_plain_look_ahead(
+    emulator, frozen_store, settings
+):
+    # given a token with a little more left than the look-ahead
+    token = _grant_token(emulator, frozen_store, 91400001)
+    frozen_store.refresh(token)
+    remaining = (
+        stored(frozen_store, token).access_expires - frozen_store.clock.now()
+    ).total_seconds()
+
+    # when due tokens are refreshed with the spread off, then on
+    frozen_store.settings = settings.replace(refresh_spread_s=0)
+    plain = frozen_store.refresh_due(ahead_s=remaining - 10)
+    frozen_store.settings = settings.replace(refresh_spread_s=600)
+    spread = frozen_store.refresh_due(ahead_s=remaining - 10)
+
+    # then only the spread made it due early
+    assert plain.total == 0
+    assert spread.success == 1
+
+
+def test_a_run_whose_lease_ran_out_leaves_its_tokens_to_the_run_that_took_them(
+    emulator, frozen_store, clock
+):
+    # given eight expired tokens, a slow SSO, and a run A working through
+    # them one at a time
+    emulator.configure(sso_latency_s=0.4, rotation="rotate_reject_old")
+    tokens = [_grant_token(emulator, frozen_store, 91500000 + n) for n in range(8)]
+    result: list = []
+    run_a = threading.Thread(
+        target=lambda: result.append(frozen_store.refresh_due(parallelism=1))
+    )
+    run_a.start()
+    while emulator.stats()["sso_token_requests"] < 1:
+        threading.Event().wait(0.005)
+
+    # when A's lease runs out mid-batch and run B claims what A left
+    clock.advance(CLAIM_LEASE_S + 1)
+    run_b = frozen_store.refresh_due(parallelism=4)
+    run_a.join(timeout=60)
+
+    # then every token was sent to the SSO exactly once, by one of them
+    stats = emulator.stats()
+    assert stats["sso_token_requests"] == 8
+    assert set(stats["sso_refreshes_by_character"].values()) == {1}
+    assert result[0].success + run_b.success == 8
+    assert all(r.state == VALID and not r.expired for r in _rows(frozen_store, tokens))
+
+
+def test_a_run_does_not_retry_a_token_another_holder_just_failed(
+    emulator, frozen_store
+):
+    # given four expired tokens, a slow SSO that refuses a second call in
+    # flight, and a bulk run working through them one at a time
+    emulator.configure(sso_latency_s=1.0, sso_burst_limit=1)
+    tokens = [_grant_token(emulator, frozen_store, 91600000 + n) for n in range(4)]
+    result: list = []
+    run = threading.Thread(
+        target=lambda: result.append(frozen_store.refresh_due(parallelism=1))
+    )
+    run.start()
+    while emulator.stats()["sso_token_requests"] < 1:
+        threading.Event().wait(0.005)
+
+    # when a job asks for the last token meanwhile and its refresh fails
+    with pytest.raises(TokenExpiredError):
+        frozen_store.get(tokens[-1].id).valid_access_token()
+    emulator.configure(sso_burst_limit=None)
+    run.join(timeout=60)
+
+    # then the run left that token to its back-off instead of calling again
+    assert result[0].success == 3 and result[0].not_attempted == 1
+    assert emulator.stats()["sso_token_requests"] == 4
+    row = stored(frozen_store, tokens[-1])
+    assert row.refresh_failures == 1 and row.next_refresh_attempt is not None
+
+
+def test_a_batch_fits_its_lease_even_with_slow_timeouts(
+    emulator, frozen_store, settings
+):
+    # given a long SSO timeout
+    frozen_store.settings = settings.replace(sso_timeout_s=60)
+    for n in range(10):
+        _grant_token(emulator, frozen_store, 91700000 + n)
+
+    # when due tokens are refreshed in batches of up to 100, one at a time
+    summary = frozen_store.refresh_due(parallelism=1, batch_size=100)
+
+    # then all were refreshed (in several claims) and none is left leased
+    assert summary.success == 10
+    with frozen_store.pool.connection() as conn:
+        leased = conn.execute(
+            "SELECT count(*) FROM esi_token WHERE next_refresh_attempt IS NOT NULL"
+        ).fetchone()[0]
+    assert leased == 0

@@ -26,16 +26,23 @@ if TYPE_CHECKING:
     from worker.tokens import Token
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The tables known when this was written; clean_db empties every esi_*
+# table it finds, so one a later revision adds is never left holding rows
+# of an earlier test.
 TABLES = (
     "esi_token_scope",
     "esi_token",
     "esi_scope",
     "esi_pending_login",
+    "esi_token_refresh_journal",
+    "esi_token_pruned",
+    "esi_sso_client_refusal",
     "esi_job_run",
     "esi_market_order",
     "esi_type_name",
     "esi_character_asset",
 )
+TABLE_PREFIX = "esi_"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -79,17 +86,18 @@ def db_pool(database_url: str) -> Iterator[ConnectionPool]:
 
 @pytest.fixture
 def clean_db(db_pool: ConnectionPool) -> ConnectionPool:
-    """The pool, with every esi-worker table emptied before the test."""
+    """The pool, with every esi-worker table (``esi_*``) emptied before the test."""
     with db_pool.connection() as conn:
-        existing = {
+        existing = sorted(
             row[0]
             for row in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             )
-        }
-        tables = [t for t in TABLES if t in existing]
-        if tables:
-            conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+            if row[0] in TABLES or row[0].startswith(TABLE_PREFIX)
+        )
+        if existing:
+            names = ", ".join(f'"{t}"' for t in existing)
+            conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
     return db_pool
 
 

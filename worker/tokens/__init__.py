@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from .grants import GrantFields
 from .query import TokenQuery
-from .store import TokenStore
+from .store import ClientRefusal, TokenStore
 from .token import (
     CONFIG_ERROR,
+    EXPIRED,
     NO_REFRESH_EXPIRED,
     OWNER_CHANGED,
     REVOKED,
@@ -20,16 +21,19 @@ from .token import (
     VALID,
     Token,
 )
-from .upkeep import RefreshSummary
+from .upkeep import ReencryptSummary, RefreshSummary
 
 __all__ = [
     "CONFIG_ERROR",
+    "EXPIRED",
     "NO_REFRESH_EXPIRED",
     "OWNER_CHANGED",
     "REVOKED",
     "STATES",
     "VALID",
+    "ClientRefusal",
     "GrantFields",
+    "ReencryptSummary",
     "RefreshSummary",
     "Token",
     "TokenQuery",

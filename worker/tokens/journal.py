@@ -7,6 +7,12 @@ have retired the stored refresh token. So, outside that transaction, the
 journal records that a refresh started and, once the SSO answered, the new
 refresh token (encrypted). The next refresh of the token adopts it, or,
 when nothing was saved and the SSO refuses the old one, says why.
+
+An entry is cleared only once its story is over: the refresh stored an
+answer, or the grant is known dead. A refresh that got no answer it could
+use but may have reached the SSO (a timeout after sending, a 5xx, a
+garbled 200) leaves an entry without a refresh token, so a later
+``invalid_grant`` is explained rather than just reported.
 """
 
 from __future__ import annotations
@@ -83,6 +89,19 @@ class RefreshJournal:
         """Drop the entry, inside the transaction that stores the outcome."""
         conn.execute(
             "DELETE FROM esi_token_refresh_journal WHERE token_id = %s", (token_id,)
+        )
+
+    @staticmethod
+    def unfinished(
+        conn: psycopg.Connection[Any], token_id: int, started: dt.datetime
+    ) -> None:
+        """Leave an entry saying a refresh started at ``started`` never learned
+        its outcome, inside the transaction that stores the failure."""
+        conn.execute(
+            "INSERT INTO esi_token_refresh_journal (token_id, started)"
+            " VALUES (%s, %s) ON CONFLICT (token_id) DO UPDATE"
+            " SET started = EXCLUDED.started, refresh_token = NULL, received = NULL",
+            (token_id, started),
         )
 
     def close(self) -> None:

@@ -215,10 +215,14 @@ class TokenQuery:
     def delete(self) -> int:
         """Delete the matching tokens; the number deleted."""
         sql, params = self._sql("DELETE FROM esi_token t", ordered=False)
-        with self._store.pool.connection() as conn:
+        with self._store.pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 f"{sql} RETURNING t.id, t.character_id", params
             ).fetchall()
+            conn.execute(
+                "DELETE FROM esi_token_refresh_journal WHERE token_id = ANY(%s)",
+                ([r[0] for r in rows],),
+            )
         for token_id, character_id in rows:
             log.info(
                 "deleted token %r of character %r",
@@ -230,10 +234,17 @@ class TokenQuery:
         return len(rows)
 
     def bulk_refresh(self) -> TokenQuery:
-        """Refresh every matching token now; a query of those that succeeded."""
-        refreshable = [t for t in self._fetch() if t.refresh_token is not None]
-        refreshed = self._store.refresh_many(refreshable)
-        return TokenQuery(self._store).filter(id__in=[t.id for t in refreshed])
+        """Refresh every matching token now; a query of the ones usable after.
+
+        As in django-esi: the refreshed ones (here or, meanwhile, by another
+        holder) and the unexpired ones without a refresh token; not the ones
+        whose grant died or whose refresh did not complete.
+        """
+        tokens = self._fetch()
+        refreshable = [t for t in tokens if t.refresh_token is not None]
+        usable = {t.id for t in self._store.refresh_many(refreshable)}
+        usable |= {t.id for t in tokens if t.refresh_token is None and not t.expired}
+        return self.filter(id__in=sorted(usable))
 
     # -- internals -----------------------------------------------------------
 

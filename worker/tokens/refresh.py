@@ -2,7 +2,8 @@
 
 Everything happens in one transaction holding the token's row lock, so
 concurrent callers (threads, processes, machines) make one SSO call between
-them. The journal (see ``journal``) covers the gap a dying worker leaves.
+them. The journal (see ``journal``) covers the gap a dying worker leaves,
+and the one an answer lost on the way leaves.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..errors import (
+    ConfigurationError,
     JWTValidationError,
     NotRefreshableTokenError,
     SSOConfigurationError,
@@ -23,6 +26,7 @@ from ..errors import (
     TokenInvalidError,
 )
 from ..sso import sso_class
+from ..sso.answers import RETRY_AFTER_MAX_S, may_have_acted
 from .journal import JournalEntry
 from .rows import TOKEN_COLUMNS, link_scopes, token_from_row
 from .token import OWNER_CHANGED, REVOKED, VALID, Token
@@ -37,6 +41,50 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 15.0
 BACKOFF_MAX_S = 300.0
+# Outcomes that are not a refresh at all: no metric counts them.
+NOT_ATTEMPTED = "not_attempted"
+
+
+@dataclasses.dataclass
+class RefreshRun:
+    """What the refreshes of one bulk run share.
+
+    ``claimed_at`` and ``lease_until`` come from the batch claim: a token
+    whose lease changed since (another run took it over after the lease ran
+    out, or another holder's failure set a back-off) is passed over. Once
+    :meth:`stop` is called (the SSO refused our client credentials), every
+    refresh of the run that has not called the SSO yet is passed over too.
+    """
+
+    claimed_at: dt.datetime | None = None
+    lease_until: dt.datetime | None = None
+    _stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the run was told to stop."""
+        return self._stopped.is_set()
+
+    def stop(self) -> bool:
+        """Tell the run to stop; ``True`` for the first caller only."""
+        with self._lock:
+            first = not self._stopped.is_set()
+            self._stopped.set()
+        return first
+
+    def for_batch(
+        self, claimed_at: dt.datetime, lease_until: dt.datetime
+    ) -> RefreshRun:
+        """This run (same stop) for one claimed batch."""
+        return dataclasses.replace(self, claimed_at=claimed_at, lease_until=lease_until)
+
+    def passes_over(self, current: Token) -> bool:
+        """Whether this run must leave ``current`` (locked) alone."""
+        if self.stopped:
+            return True
+        lease = self.lease_until
+        return lease is not None and current.next_refresh_attempt != lease
 
 
 @dataclasses.dataclass
@@ -47,6 +95,11 @@ class _Attempt:
     sso: str = "none"
     error: Exception | None = None
     token: Token | None = None
+    started: dt.datetime | None = None
+    # The journal's refresh token, when it was tried and not refused.
+    adopted: str | None = None
+    # Whether an answer's refresh token was stored (or the grant is dead).
+    settled: bool = False
 
 
 class TokenRefresher:
@@ -61,20 +114,20 @@ class TokenRefresher:
         session: Any,
         auth: Any,
         min_remaining_s: float | None,
-        claimed_at: dt.datetime | None = None,
+        run: RefreshRun | None = None,
     ) -> tuple[Token, str]:
         """Refresh one token under its row lock; the token and the outcome.
 
-        Outcomes are ``success`` and ``skipped`` (another holder refreshed
-        it); every other outcome is raised, and all are counted in metrics.
-
-        :param claimed_at: when a bulk claim already journaled the start.
+        Outcomes are ``success``, ``skipped`` (another holder refreshed it)
+        and, in a bulk ``run``, ``not_attempted`` (the run stopped, or the
+        token is no longer its to refresh); every other outcome is raised.
+        All but ``not_attempted`` are counted in metrics.
         """
         started = self._store.clock.monotonic()
         attempt = _Attempt()
         try:
             self._claim_and_refresh(
-                token, session, auth, min_remaining_s, attempt, claimed_at
+                token, session, auth, min_remaining_s, attempt, run or RefreshRun()
             )
         except (TokenInvalidError, NotRefreshableTokenError) as exc:
             attempt.outcome = getattr(exc, "outcome", "dead")
@@ -83,12 +136,13 @@ class TokenRefresher:
             attempt.outcome = "config_error"
             raise
         finally:
-            metrics.TOKEN_REFRESHES.labels(
-                outcome=attempt.outcome, sso_class=attempt.sso
-            ).inc()
-            metrics.TOKEN_REFRESH_SECONDS.observe(
-                self._store.clock.monotonic() - started
-            )
+            if attempt.outcome != NOT_ATTEMPTED:
+                metrics.TOKEN_REFRESHES.labels(
+                    outcome=attempt.outcome, sso_class=attempt.sso
+                ).inc()
+                metrics.TOKEN_REFRESH_SECONDS.observe(
+                    self._store.clock.monotonic() - started
+                )
         assert attempt.token is not None
         return attempt.token, attempt.outcome
 
@@ -99,7 +153,7 @@ class TokenRefresher:
         auth: Any,
         min_remaining_s: float | None,
         attempt: _Attempt,
-        claimed_at: dt.datetime | None,
+        run: RefreshRun,
     ) -> None:
         # What the caller saw, taken before waiting for the lock: a shared
         # Token object may be updated by another thread meanwhile.
@@ -107,38 +161,36 @@ class TokenRefresher:
         journal = self._store.journal
         with self._store.pool.connection() as conn, conn.transaction():
             current, entry = self._lock(conn, seen.id)
+            earlier = _earlier(entry, current, run.claimed_at)
             if self._refreshed_elsewhere(
                 current, seen_refresh, seen_expires, min_remaining_s
             ):
                 log.debug("token %r was refreshed by another holder", current.id)
-                if entry is not None and _earlier(entry, current, claimed_at) is None:
-                    journal.clear(conn, current.id)
                 attempt.outcome, attempt.token = "skipped", current
+            elif run.passes_over(current):
+                log.debug("token %r passed over by this run", current.id)
+                attempt.outcome, attempt.token = NOT_ATTEMPTED, current
+            if attempt.token is not None:
+                if entry is not None and earlier is None:
+                    journal.clear(conn, current.id)
                 return
 
-            entry = _earlier(entry, current, claimed_at)
-            if claimed_at is None:
-                journal.started(current.id, self._store.clock.now())
-            answer = self._ask_sso(current, entry, session, auth, attempt)
-            if answer is not None:
-                self._store_answer(conn, current, answer, attempt)
-            elif isinstance(attempt.error, SSOGrantError):
-                reason = _dead_reason(attempt.error, entry)
-                self._set_state(conn, current, REVOKED, reason)
-                attempt.outcome = "dead"
-            elif not isinstance(attempt.error, SSOConfigurationError):
-                self._note_failure(conn, current, attempt.error)
-            if attempt.outcome != "success":
-                journal.clear(conn, current.id)
+            attempt.started = run.claimed_at or self._store.clock.now()
+            if run.claimed_at is None:
+                journal.started(current.id, attempt.started)
+            answer = self._ask_sso(current, earlier, session, auth, attempt, run)
+            self._store_outcome(conn, current, earlier, answer, attempt)
+            self._settle_journal(conn, current, earlier, attempt)
         self._raise_for(current, attempt)
 
     def _ask_sso(
         self,
         current: Token,
-        entry: JournalEntry | None,
+        earlier: JournalEntry | None,
         session: Any,
         auth: Any,
         attempt: _Attempt,
+        run: RefreshRun,
     ) -> TokenAnswer | None:
         """The SSO's answer to our refresh token(s); ``None`` on failure.
 
@@ -147,13 +199,13 @@ class TokenRefresher:
         """
         assert current.refresh_token is not None
         candidates = [current.refresh_token]
-        if _adoptable(entry, current):
-            assert entry is not None and entry.refresh_token is not None
+        if _adoptable(earlier, current):
+            assert earlier is not None and earlier.refresh_token is not None
             log.info(
                 "token %r: adopting the refresh token of an interrupted refresh",
                 current.id,
             )
-            candidates.insert(0, entry.refresh_token)
+            candidates.insert(0, earlier.refresh_token)
 
         for refresh_token in candidates:
             try:
@@ -163,6 +215,8 @@ class TokenRefresher:
             except SSOError as exc:
                 attempt.sso, attempt.error = sso_class(exc), exc
                 if not isinstance(exc, SSOGrantError):
+                    if refresh_token != current.refresh_token:
+                        attempt.adopted = refresh_token
                     break
                 continue
             attempt.sso, attempt.error = "success", None
@@ -171,13 +225,39 @@ class TokenRefresher:
                     current.id, str(answer.refresh_token), self._store.clock.now()
                 )
             return answer
-        if isinstance(attempt.error, SSOConfigurationError):
+
+        if isinstance(attempt.error, SSOConfigurationError) and run.stop():
             log.critical(
-                "SSO refused our client credentials while refreshing token %r; "
-                "fix ESI_WORKER_SSO_CLIENT_ID / ESI_WORKER_SSO_CLIENT_SECRET",
+                "SSO refused our client credentials while refreshing token %r "
+                "(%s); no token can be refreshed until "
+                "ESI_WORKER_SSO_CLIENT_ID / ESI_WORKER_SSO_CLIENT_SECRET are fixed",
                 current.id,
+                attempt.error.error,
+                extra={"token_id": current.id},
             )
         return None
+
+    def _store_outcome(
+        self,
+        conn: psycopg.Connection[Any],
+        current: Token,
+        earlier: JournalEntry | None,
+        answer: TokenAnswer | None,
+        attempt: _Attempt,
+    ) -> None:
+        """Write what the SSO said into the locked row."""
+        error = attempt.error
+        if answer is not None:
+            self._store_answer(conn, current, answer, attempt)
+        elif isinstance(error, SSOGrantError):
+            reason = _dead_reason(error, earlier)
+            self._set_state(conn, current, REVOKED, reason)
+            attempt.outcome, attempt.settled = "dead", True
+        elif isinstance(error, SSOConfigurationError):
+            attempt.outcome = "config_error"
+            self._store.client_refused(conn, error)
+        else:
+            self._note_failure(conn, current, error)
 
     def _store_answer(
         self,
@@ -186,28 +266,72 @@ class TokenRefresher:
         answer: TokenAnswer,
         attempt: _Attempt,
     ) -> None:
-        """Verify and store the answer; a rotated refresh token is kept regardless."""
+        """Verify and store the answer; a rotated refresh token is kept regardless.
+
+        Kept, that is, when the answer is about this very token: one whose
+        access token names another character is not ours to store at all.
+        """
         try:
             grant = self._store.sso.verify_answer(answer)
         except (JWTValidationError, SSOTransientError) as exc:
             # The old refresh token may be spent: keep the new one, keep the
             # old access token, and try again after the back-off.
             self._keep_refresh_token(conn, current, answer.refresh_token)
-            attempt.sso, attempt.error = "transient", exc
+            attempt.sso, attempt.error, attempt.settled = "transient", exc, True
             self._note_failure(conn, current, exc)
             return
-        if _owner_changed(current, grant):
-            self._keep_refresh_token(conn, current, answer.refresh_token)
+        if grant.claims.character_id != current.character_id:
+            attempt.sso, attempt.error = "transient", _misdirected(current, grant)
+            log.error("%s", attempt.error, extra={"token_id": current.id})
+            self._note_failure(conn, current, attempt.error)
+            return
+        if grant.claims.owner_hash != current.character_owner_hash:
+            # The new grant belongs to the character's new account, which
+            # never logged in to this application: nothing of it is kept.
             self._set_state(conn, current, OWNER_CHANGED, "the character changed owner")
-            attempt.outcome = "owner_changed"
+            attempt.outcome, attempt.settled = "owner_changed", True
             return
 
         attempt.token = self._store_grant(conn, current, grant)
-        attempt.outcome = "success"
+        attempt.outcome, attempt.settled = "success", True
+
+    def _settle_journal(
+        self,
+        conn: psycopg.Connection[Any],
+        current: Token,
+        earlier: JournalEntry | None,
+        attempt: _Attempt,
+    ) -> None:
+        """Leave in the journal exactly what a later refresh must still know.
+
+        Written after the SSO call only: the journal's own writes (on their
+        own connection) must never wait for this transaction.
+        """
+        journal = self._store.journal
+        if attempt.outcome == "success":
+            return  # _store_grant cleared it with the row
+        if attempt.settled:
+            journal.clear(conn, current.id)
+            return
+        if attempt.outcome == "config_error":
+            # Nothing reached the SSO: an earlier entry stays as it was.
+            if earlier is None:
+                journal.clear(conn, current.id)
+            return
+
+        if attempt.adopted is not None:
+            self._keep_refresh_token(conn, current, attempt.adopted)
+        if earlier is not None and earlier.refresh_token is None:
+            return  # an earlier unfinished refresh is still unexplained
+        assert attempt.error is not None and attempt.started is not None
+        if may_have_acted(attempt.error):
+            journal.unfinished(conn, current.id, attempt.started)
+        else:
+            journal.clear(conn, current.id)
 
     def _raise_for(self, current: Token, attempt: _Attempt) -> None:
         """After the commit: report a dead or failed refresh as an error."""
-        if attempt.outcome in ("success", "skipped"):
+        if attempt.outcome in ("success", "skipped", NOT_ATTEMPTED):
             return
         if attempt.outcome in ("dead", "owner_changed"):
             state = REVOKED if attempt.outcome == "dead" else OWNER_CHANGED
@@ -274,23 +398,37 @@ class TokenRefresher:
         started, refresh_token, received = row[-3:]
         if started is None:
             return token, None
-        secret = self._store.cipher.decrypt(refresh_token)
+        try:
+            secret = self._store.cipher.decrypt(refresh_token)
+        except ConfigurationError:
+            # Its key was dropped: the saved refresh token is lost, but the
+            # fact that a refresh never finished is still worth telling.
+            log.warning(
+                "token %r: the refresh journal entry cannot be decrypted with "
+                "the configured keys; its saved refresh token is ignored",
+                token.id,
+                extra={"token_id": token.id},
+            )
+            secret = None
         return token, JournalEntry(started, secret, received)
 
     def _store_grant(
         self, conn: psycopg.Connection[Any], current: Token, grant: TokenGrant
     ) -> Token:
-        """Store the grant and clear the journal in one statement; the new token."""
+        """Store the grant, clear the journal and any record that the SSO
+        refused our client, in one statement; the new token."""
         cipher, now = self._store.cipher, self._store.clock.now()
         conn.execute(
             "WITH cleared AS (DELETE FROM esi_token_refresh_journal"
-            " WHERE token_id = %s) "
+            " WHERE token_id = %s), accepted AS (DELETE FROM"
+            " esi_sso_client_refusal WHERE client_id = %s) "
             "UPDATE esi_token SET access_token = %s, refresh_token = %s, "
             "access_expires = %s, character_name = %s, updated = %s, "
             "refresh_failures = 0, last_refresh_error = NULL, "
             "next_refresh_attempt = NULL WHERE id = %s",
             (
                 current.id,
+                self._store.settings.sso_client_id or "",
                 cipher.encrypt(grant.access_token),
                 cipher.encrypt(grant.refresh_token),
                 grant.expires_at,
@@ -320,7 +458,7 @@ class TokenRefresher:
                 "DELETE FROM esi_token_scope WHERE token_id = %s", (current.id,)
             )
             link_scopes(conn, current.id, grant.claims.scopes)
-            fresh = current.replaced(scopes=tuple(sorted(grant.claims.scopes)))
+            fresh = fresh.replaced(scopes=tuple(sorted(grant.claims.scopes)))
         log.debug("token %r refreshed until %s", current.id, grant.expires_at)
         return fresh
 
@@ -340,8 +478,8 @@ class TokenRefresher:
     ) -> None:
         failures = current.refresh_failures + 1
         delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
-        delay_s = max(delay_s, getattr(exc, "retry_after_s", None) or 0.0)
-        retry_at = self._store.clock.now() + dt.timedelta(seconds=delay_s)
+        asked_s = min(RETRY_AFTER_MAX_S, getattr(exc, "retry_after_s", None) or 0.0)
+        retry_at = self._store.clock.now() + dt.timedelta(seconds=max(delay_s, asked_s))
         conn.execute(
             "UPDATE esi_token SET last_refresh_error = %s, refresh_failures = %s, "
             "next_refresh_attempt = %s WHERE id = %s",
@@ -400,10 +538,11 @@ def _adoptable(entry: JournalEntry | None, current: Token) -> bool:
     )
 
 
-def _owner_changed(current: Token, grant: TokenGrant) -> bool:
-    return (
-        grant.claims.owner_hash != current.character_owner_hash
-        or grant.claims.character_id != current.character_id
+def _misdirected(current: Token, grant: TokenGrant) -> SSOTransientError:
+    return SSOTransientError(
+        f"SSO answered the refresh of token {current.id} (character "
+        f"{current.character_id}) with an access token of character "
+        f"{grant.claims.character_id}; nothing of that answer was stored"
     )
 
 
@@ -413,7 +552,8 @@ def _dead_reason(error: SSOGrantError, entry: JournalEntry | None) -> str:
     if entry is not None and entry.refresh_token is None:
         reason += (
             f"; a refresh started {entry.started:%Y-%m-%d %H:%M:%S}Z never "
-            "finished, so the SSO may have rotated the refresh token before "
-            "the worker could save the new one"
+            "finished (the worker stopped, or the SSO's answer was lost), so "
+            "the SSO may have rotated the refresh token before the worker "
+            "could save the new one"
         )
     return reason

@@ -18,12 +18,13 @@ from .query import TokenQuery
 from .refresh import TokenRefresher
 from .rows import SCOPES_OF_T, link_scopes, load_token
 from .token import REVOKED, VALID, Token
-from .upkeep import RefreshSummary, TokenUpkeep
+from .upkeep import ReencryptSummary, RefreshSummary, TokenUpkeep
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    from ..errors import SSOConfigurationError
     from ..settings import Settings
     from ..sso import SSOClient, TokenGrant
 
@@ -31,6 +32,30 @@ log = logging.getLogger(__name__)
 
 # Namespace of the per-character advisory lock taken while merging grants.
 _MERGE_LOCK_CLASS = 74011
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientRefusal:
+    """The SSO refuses our client credentials: since when, with which error.
+
+    No token is touched when that happens (the tokens are fine, the
+    settings are not); this record is what tells the operator. The next
+    successful refresh with the same client id removes it.
+    """
+
+    client_id: str
+    first_refused: dt.datetime
+    last_refused: dt.datetime
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"the SSO refuses the client credentials of {self.client_id!r} "
+            f"({self.error}) since {self.first_refused:%Y-%m-%d %H:%M:%S}Z "
+            f"(last {self.last_refused:%Y-%m-%d %H:%M:%S}Z): no token can be "
+            "refreshed until ESI_WORKER_SSO_CLIENT_ID / "
+            "ESI_WORKER_SSO_CLIENT_SECRET are fixed"
+        )
 
 
 class TokenStore:
@@ -161,9 +186,14 @@ class TokenStore:
     def refresh_many(
         self, tokens: Iterable[Token], *, parallelism: int | None = None
     ) -> list[Token]:
-        """Refresh each token (in parallel); the ones that succeeded."""
+        """Refresh each token (in parallel); the ones now fresh.
+
+        That is the ones refreshed here and the ones another holder
+        refreshed meanwhile, as stored now. An ``invalid_client`` answer
+        stops the refreshes not yet sent.
+        """
         results = self._upkeep.refresh_all(list(tokens), parallelism, None)
-        return [token for token, outcome in results if outcome == "success"]
+        return [t for t, outcome in results if outcome in ("success", "skipped")]
 
     def refresh_due(
         self,
@@ -176,19 +206,58 @@ class TokenStore:
 
         Tokens are claimed in batches, soonest expiry first, with
         ``FOR UPDATE SKIP LOCKED`` and a short lease, so several workers can
-        run this at once without refreshing a token twice.
+        run this at once without refreshing a token twice. A token is also
+        due up to ``refresh_spread_s`` earlier, by a fixed share of its own
+        (see :func:`~worker.tokens.upkeep.spread_share`), so tokens that
+        expire together are renewed over a few runs, not in one burst.
         """
         return self._upkeep.refresh_due(
             ahead_s=ahead_s, parallelism=parallelism, batch_size=batch_size
         )
 
     def reencrypt(self) -> int:
-        """Encrypt every secret not under the first key (plaintext included).
+        """Encrypt every secret not under the first key (plaintext included);
+        how many rows were rewritten.
 
-        Run after putting a new key first in ``ESI_WORKER_TOKEN_KEYS``; the
-        old key can be dropped once this returns.
+        Tokens, saved refresh tokens of the refresh journal and the PKCE
+        verifiers of pending logins are all covered. Run after putting a new
+        key first in ``ESI_WORKER_TOKEN_KEYS``; the old key can be dropped
+        once this returns and :meth:`reencrypt_report` shows nothing locked.
         """
-        return self._upkeep.encrypt_secrets()
+        return self.reencrypt_report().rewritten
+
+    def reencrypt_report(self, *, lock_timeout_s: float = 30.0) -> ReencryptSummary:
+        """Like :meth:`reencrypt`, with the count per table and of the rows
+        still locked (being refreshed) after waiting ``lock_timeout_s``."""
+        return self._upkeep.encrypt_secrets(lock_timeout_s=lock_timeout_s)
+
+    def client_refusal(self) -> ClientRefusal | None:
+        """Whether the SSO refuses our client credentials (see :class:`ClientRefusal`)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT client_id, first_refused, last_refused, error"
+                " FROM esi_sso_client_refusal WHERE client_id = %s",
+                (self.settings.sso_client_id or "",),
+            ).fetchone()
+        return ClientRefusal(*row) if row else None
+
+    def client_refused(
+        self, conn: psycopg.Connection[Any], error: SSOConfigurationError
+    ) -> None:
+        """Record, in ``conn``'s transaction, that the SSO refused our client."""
+        now = self.clock.now()
+        conn.execute(
+            "INSERT INTO esi_sso_client_refusal (client_id, first_refused,"
+            " last_refused, error) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (client_id) DO UPDATE SET"
+            " last_refused = EXCLUDED.last_refused, error = EXCLUDED.error",
+            (
+                self.settings.sso_client_id or "",
+                now,
+                now,
+                error.error or "invalid_client",
+            ),
+        )
 
     def revoke(self, token: Token, *, reason: str = "revoked by the operator") -> Token:
         """Revoke the grant at the SSO, then mark the token revoked (kept until pruned).
@@ -201,12 +270,13 @@ class TokenStore:
         if current.refresh_token is not None:
             self.sso.revoke(current.refresh_token)
         now = self.clock.now()
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.transaction():
             conn.execute(
                 "UPDATE esi_token SET state = %s, state_reason = %s,"
                 " state_changed = %s, updated = %s WHERE id = %s",
                 (REVOKED, reason, now, now, current.id),
             )
+            self.journal.clear(conn, current.id)
         log.info(
             "revoked token %r of character %r",
             current.id,
@@ -220,7 +290,8 @@ class TokenStore:
     def prune(self, *, grace_s: float | None = None) -> int:
         """Delete dead tokens whose state changed longer than ``grace_s`` ago.
 
-        Each deletion is recorded in ``esi_token_pruned`` with its reason.
+        Each deletion is recorded in ``esi_token_pruned`` with its reason,
+        and the refresh journal entries of the pruned tokens go with them.
         """
         grace_s = self.settings.prune_grace_s if grace_s is None else grace_s
         cutoff = self.clock.now() - dt.timedelta(seconds=grace_s)
@@ -229,7 +300,9 @@ class TokenStore:
                 "WITH gone AS (DELETE FROM esi_token WHERE state <> %s"
                 " AND COALESCE(state_changed, updated) < %s"
                 " RETURNING id, character_id, character_name, user_id, state,"
-                " state_reason, state_changed)"
+                " state_reason, state_changed),"
+                " unjournaled AS (DELETE FROM esi_token_refresh_journal"
+                " WHERE token_id IN (SELECT id FROM gone))"
                 " INSERT INTO esi_token_pruned (token_id, character_id,"
                 " character_name, user_id, state, state_reason, state_changed,"
                 " pruned) SELECT g.*, %s FROM gone g"
@@ -352,4 +425,7 @@ class TokenStore:
                 token_id,
             ),
         )
+        # After the row lock is ours (the UPDATE), so no refresh in flight
+        # still needs it: the new grant replaces whatever the journal held.
+        self.journal.clear(conn, token_id)
         log.debug("merged a new grant into equivalent token %r", token_id)

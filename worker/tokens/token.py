@@ -30,6 +30,9 @@ OWNER_CHANGED = "owner_changed"
 NO_REFRESH_EXPIRED = "no_refresh_expired"
 CONFIG_ERROR = "config_error"
 STATES = (VALID, REVOKED, OWNER_CHANGED, NO_REFRESH_EXPIRED, CONFIG_ERROR)
+# Not a stored state: what a valid token whose access token lapsed shows as
+# (see Token.status). A refresh renews it, if it has a refresh token.
+EXPIRED = "expired"
 
 # An access token this close to its expiry counts as expired: an ESI call
 # started with it could arrive after it lapsed.
@@ -137,6 +140,18 @@ class Token:
         """Whether the access token has expired (or will within the margin)."""
         margin = dt.timedelta(seconds=EXPIRY_MARGIN_S)
         return self._store.clock.now() + margin >= self.access_expires
+
+    @property
+    def status(self) -> str:
+        """The state as an operator reads it: ``expired`` for a valid token
+        whose access token lapsed, else :attr:`state`.
+
+        A refusal of our client credentials by the SSO is not a property of
+        the token; :meth:`TokenStore.client_refusal` reports it.
+        """
+        if self.state == VALID and self.expired:
+            return EXPIRED
+        return self.state
 
     @property
     def can_refresh(self) -> bool:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from ..errors import (
+    ConfigurationError,
     NotRefreshableTokenError,
     SSOConfigurationError,
     SSOError,
     TokenInvalidError,
 )
+from .refresh import NOT_ATTEMPTED, RefreshRun
 from .rows import TOKEN_COLUMNS, token_from_row
 from .token import NO_REFRESH_EXPIRED, VALID, Token
 
@@ -25,14 +30,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A claimed token is left alone by other refresh runs for this long, so a
-# run that dies mid-batch only delays those tokens, never loses them.
+# run that dies mid-batch only delays those tokens, never loses them. A
+# batch is cut so it can finish within the lease even when every SSO call
+# runs into the timeout; should it not, the lease check under the row lock
+# still keeps a token from being refreshed by two runs.
 CLAIM_LEASE_S = 120.0
+MIN_ROUNDS_PER_BATCH = 4
 ENCRYPT_BATCH = 500
+# What a refresh costs beyond the SSO timeout: the lock, the journal, the commit.
+REFRESH_OVERHEAD_S = 5.0
+
+# The share of the spread window a token is due early by: a fixed function
+# of its id (Fibonacci hashing), so renewals that once coincided drift apart.
+_SHARE_SQL = "(((t.id %% 65536) * 40503) %% 65536) / 65536.0"
+
+
+def spread_share(token_id: int) -> float:
+    """How far into the spread window (0..1) token ``token_id`` is due early."""
+    return ((token_id % 65536) * 40503 % 65536) / 65536
 
 
 @dataclasses.dataclass(frozen=True)
 class RefreshSummary:
-    """What one :meth:`TokenStore.refresh_due` run did, counted by outcome."""
+    """What one :meth:`TokenStore.refresh_due` run did, counted by outcome.
+
+    ``not_attempted`` counts claimed tokens the run left without an SSO
+    call: it stopped after an ``invalid_client``, or the token had been
+    taken over by another run or backed off by another holder meanwhile.
+    """
 
     success: int = 0
     dead: int = 0
@@ -41,6 +66,7 @@ class RefreshSummary:
     config_error: int = 0
     skipped: int = 0
     no_refresh_expired: int = 0
+    not_attempted: int = 0
 
     @property
     def total(self) -> int:
@@ -51,6 +77,42 @@ class RefreshSummary:
         return ", ".join(
             f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReencryptSummary:
+    """What :meth:`TokenStore.reencrypt_report` rewrote, and what it could not."""
+
+    tokens: int = 0
+    journal_entries: int = 0
+    pending_logins: int = 0
+    locked: int = 0
+
+    @property
+    def rewritten(self) -> int:
+        """Rows rewritten under the first key, over every table."""
+        return self.tokens + self.journal_entries + self.pending_logins
+
+    def __str__(self) -> str:
+        text = (
+            f"re-encrypted the secrets of {self.tokens} tokens, "
+            f"{self.journal_entries} refresh journal entries and "
+            f"{self.pending_logins} pending logins"
+        )
+        if self.locked:
+            text += (
+                f"; {self.locked} rows stayed locked by refreshes in flight and "
+                "were not re-encrypted: run it again before dropping the old key"
+            )
+        return text
+
+
+# Tables holding secrets: the table, its key column, its secret columns.
+_SECRET_TABLES = (
+    ("esi_token", "id", ("access_token", "refresh_token")),
+    ("esi_token_refresh_journal", "token_id", ("refresh_token",)),
+    ("esi_pending_login", "state", ("code_verifier",)),
+)
 
 
 class TokenUpkeep:
@@ -69,24 +131,30 @@ class TokenUpkeep:
     def refresh_due(
         self, *, ahead_s: float | None, parallelism: int | None, batch_size: int
     ) -> RefreshSummary:
-        """Refresh every valid token whose access token expires within ``ahead_s``."""
-        ahead_s = self._store.settings.refresh_ahead_s if ahead_s is None else ahead_s
+        """Refresh every valid token whose access token expires within ``ahead_s``
+        (or, spread by token, up to ``refresh_spread_s`` earlier)."""
+        settings = self._store.settings
+        ahead_s = settings.refresh_ahead_s if ahead_s is None else ahead_s
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        workers = self._workers(parallelism)
+        batch_size, lease_s = self._batch_and_lease(batch_size, workers)
         counts: Counter[str] = Counter(no_refresh_expired=self._expire_unrefreshable())
-        self.encrypt_secrets(plaintext_only=True, limit=ENCRYPT_BATCH)
+        self.encrypt_plaintext(limit=ENCRYPT_BATCH)
 
-        done: set[int] = set()
-        while not counts["config_error"]:
-            batch, claimed_at = self._claim_due(ahead_s, batch_size, done)
+        run, done = RefreshRun(), set[int]()
+        window = (ahead_s, settings.refresh_spread_s)
+        while not run.stopped:
+            batch, claimed = self._claim_due(window, batch_size, lease_s, done)
             if not batch:
                 break
             done.update(token.id for token in batch)
             log.debug("claimed %d tokens to refresh", len(batch))
-            for _token, outcome in self.refresh_all(
-                batch, parallelism, ahead_s, claimed_at
-            ):
-                counts[outcome] += 1
+            results = self.refresh_all(
+                batch, workers, sum(window), run.for_batch(*claimed)
+            )
+            counts.update(outcome for _token, outcome in results)
+            self._release(results, *claimed)
 
         summary = RefreshSummary(**counts)
         log.info("token refresh run finished: %s", summary)
@@ -97,12 +165,79 @@ class TokenUpkeep:
         tokens: list[Token],
         parallelism: int | None,
         ahead_s: float | None,
-        claimed_at: dt.datetime | None = None,
+        run: RefreshRun | None = None,
     ) -> list[tuple[Token, str]]:
-        """Refresh each token on a thread pool; each with its outcome."""
-        workers = parallelism or self._store.settings.refresh_parallelism
+        """Refresh each token on a thread pool; each with its outcome.
+
+        An ``invalid_client`` answer stops the refreshes not yet sent: every
+        one of them would get the same answer.
+        """
         if not tokens:
             return []
+        workers = self._workers(parallelism)
+        run = run or RefreshRun()
+        with ThreadPoolExecutor(
+            max_workers=min(workers, len(tokens)), thread_name_prefix="token-refresh"
+        ) as executor:
+            return list(
+                executor.map(lambda t: self._refresh_quietly(t, ahead_s, run), tokens)
+            )
+
+    def encrypt_secrets(self, *, lock_timeout_s: float = 30.0) -> ReencryptSummary:
+        """Encrypt every secret not under the first key, in every table.
+
+        Rows locked by a refresh in flight are skipped at first, then
+        waited for up to ``lock_timeout_s`` each; those still locked are
+        counted in the summary (and logged), never silently left behind.
+        """
+        rewritten: dict[str, int] = {}
+        locked = 0
+        for table, key, columns in _SECRET_TABLES:
+            count, busy = self._reencrypt_table(table, key, columns, lock_timeout_s)
+            rewritten[table], locked = count, locked + busy
+        summary = ReencryptSummary(
+            tokens=rewritten["esi_token"],
+            journal_entries=rewritten["esi_token_refresh_journal"],
+            pending_logins=rewritten["esi_pending_login"],
+            locked=locked,
+        )
+        if summary.locked:
+            log.warning("%s", summary)
+        elif summary.rewritten:
+            log.info("%s", summary)
+        return summary
+
+    def encrypt_plaintext(self, *, limit: int) -> int:
+        """Encrypt up to ``limit`` token rows still in plaintext; how many.
+
+        Rows being refreshed are skipped: the refresh writes them encrypted.
+        """
+        cipher, rewritten = self._store.cipher, 0
+        with self._store.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT id, access_token, refresh_token FROM esi_token"
+                " WHERE access_token NOT LIKE 'fernet:%%'"
+                " OR refresh_token NOT LIKE 'fernet:%%'"
+                " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,),
+            ).fetchall()
+            for token_id, *values in rows:
+                # decrypt() passes plaintext through: one column may be
+                # encrypted already.
+                fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
+                conn.execute(
+                    "UPDATE esi_token SET access_token = %s, refresh_token = %s"
+                    " WHERE id = %s",
+                    (*fresh, token_id),
+                )
+                rewritten += 1
+        if rewritten:
+            log.info("encrypted the secrets of %d plaintext tokens", rewritten)
+        return rewritten
+
+    def _workers(self, parallelism: int | None) -> int:
+        """The refreshes to run at once, within what the database pool allows."""
+        workers = parallelism or self._store.settings.refresh_parallelism
         # Each refresh holds a pooled connection across its SSO call; leave
         # one for everybody else.
         limit = max(1, getattr(self._store.pool, "max_size", workers + 1) - 1)
@@ -113,67 +248,44 @@ class TokenUpkeep:
                 limit,
             )
             workers = limit
-        with ThreadPoolExecutor(
-            max_workers=min(workers, len(tokens)), thread_name_prefix="token-refresh"
-        ) as executor:
-            return list(
-                executor.map(
-                    lambda t: self._refresh_quietly(t, ahead_s, claimed_at), tokens
-                )
-            )
+        return workers
 
-    def encrypt_secrets(
-        self, *, plaintext_only: bool = False, limit: int | None = None
-    ) -> int:
-        """Encrypt secrets stored in plaintext or under an old key; how many rows.
+    def _batch_and_lease(self, batch_size: int, workers: int) -> tuple[int, float]:
+        """A batch the run can finish within its lease, and that lease.
 
-        :param plaintext_only: skip the (costlier) check for old keys.
-        :param limit: at most this many rows (``None``: all).
+        The worst case of one refresh is the SSO timeout (plus our own
+        overhead); a batch gets at least a few such rounds, and the lease
+        grows to cover them when the timeout is long.
         """
-        cipher, rewritten = self._store.cipher, 0
-        where = (
-            " WHERE access_token NOT LIKE 'fernet:%%'"
-            " OR refresh_token NOT LIKE 'fernet:%%'"
-            if plaintext_only
-            else ""
-        )
-        with self._store.pool.connection() as conn, conn.transaction():
-            rows = conn.execute(
-                "SELECT id, access_token, refresh_token FROM esi_token"
-                f"{where} ORDER BY id FOR UPDATE SKIP LOCKED"
-            )
-            for token_id, access, refresh in rows.fetchall():
-                if cipher.is_current(access) and cipher.is_current(refresh):
-                    continue
-                conn.execute(
-                    "UPDATE esi_token SET access_token = %s, refresh_token = %s"
-                    " WHERE id = %s",
-                    (
-                        cipher.encrypt(cipher.decrypt(access)),
-                        cipher.encrypt(cipher.decrypt(refresh)),
-                        token_id,
-                    ),
-                )
-                rewritten += 1
-                if limit is not None and rewritten >= limit:
-                    break
-        if rewritten:
-            log.info(
-                "encrypted the secrets of %d tokens with the current key", rewritten
-            )
-        return rewritten
+        per_token_s = self._store.settings.sso_timeout_s + REFRESH_OVERHEAD_S
+        rounds = max(MIN_ROUNDS_PER_BATCH, int(CLAIM_LEASE_S // per_token_s))
+        batch_size = min(batch_size, workers * rounds)
+        needed = math.ceil(batch_size / workers) * per_token_s
+        return batch_size, max(CLAIM_LEASE_S, needed)
 
     def _refresh_quietly(
-        self, token: Token, ahead_s: float | None, claimed_at: dt.datetime | None
+        self, token: Token, ahead_s: float | None, run: RefreshRun
     ) -> tuple[Token, str]:
         """One refresh for a batch: the outcome instead of an exception."""
+        if run.stopped:
+            return token, NOT_ATTEMPTED
         try:
-            return self._refresher.refresh(token, None, None, ahead_s, claimed_at)
+            return self._refresher.refresh(token, None, None, ahead_s, run)
         except (TokenInvalidError, NotRefreshableTokenError) as exc:
             return token, getattr(exc, "outcome", "dead")
         except SSOConfigurationError:
             return token, "config_error"
         except SSOError:
+            return token, "transient"
+        except ConfigurationError as exc:
+            # A secret no configured key opens: an operator's fix, not ours.
+            log.error(
+                "token %r of character %r cannot be refreshed: %s",
+                token.id,
+                token.character_id,
+                exc,
+                extra={"token_id": token.id, "character_id": token.character_id},
+            )
             return token, "transient"
         except Exception:
             log.exception(
@@ -184,32 +296,45 @@ class TokenUpkeep:
             return token, "transient"
 
     def _claim_due(
-        self, ahead_s: float, batch_size: int, done: set[int]
-    ) -> tuple[list[Token], dt.datetime]:
+        self,
+        window: tuple[float, float],
+        batch_size: int,
+        lease_s: float,
+        done: set[int],
+    ) -> tuple[list[Token], tuple[dt.datetime, dt.datetime]]:
         """Lease a batch of due tokens, journal their refreshes as started;
-        the tokens and the claim's time.
+        the tokens, and the claim's time and lease.
 
-        The journal entries are written with the claim (one statement
-        instead of one per token); an entry left by an earlier unfinished
-        refresh is kept, so its story is not lost.
+        A token is due once its access token expires within ``ahead_s``,
+        or within ``ahead_s`` plus its share of ``spread_s``. The journal
+        entries are written with the claim (one statement instead of one
+        per token); an entry left by an earlier unfinished refresh is kept,
+        so its story is not lost.
         """
+        ahead_s, spread_s = window
         now = self._store.clock.now()
+        lease_until = now + dt.timedelta(seconds=lease_s)
         with self._store.pool.connection() as conn:
             rows = conn.execute(
                 "WITH claimed AS (UPDATE esi_token t SET next_refresh_attempt = %s"
-                " WHERE t.id IN (SELECT id FROM esi_token WHERE state = %s"
-                " AND refresh_token IS NOT NULL AND access_expires <= %s"
-                " AND (next_refresh_attempt IS NULL OR next_refresh_attempt <= %s)"
-                " AND NOT (id = ANY(%s::bigint[]))"
-                " ORDER BY access_expires LIMIT %s FOR UPDATE SKIP LOCKED)"
+                " WHERE t.id IN (SELECT t.id FROM esi_token t WHERE t.state = %s"
+                " AND t.refresh_token IS NOT NULL AND t.access_expires <= %s"
+                f" AND t.access_expires <= %s + (%s + %s * {_SHARE_SQL})"
+                " * interval '1 second'"
+                " AND (t.next_refresh_attempt IS NULL OR t.next_refresh_attempt <= %s)"
+                " AND NOT (t.id = ANY(%s::bigint[]))"
+                " ORDER BY t.access_expires LIMIT %s FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {TOKEN_COLUMNS}), journal AS ("
                 " INSERT INTO esi_token_refresh_journal (token_id, started)"
                 " SELECT id, %s FROM claimed ON CONFLICT (token_id) DO NOTHING)"
                 " SELECT * FROM claimed",
                 (
-                    now + dt.timedelta(seconds=CLAIM_LEASE_S),
+                    lease_until,
                     VALID,
-                    now + dt.timedelta(seconds=ahead_s),
+                    now + dt.timedelta(seconds=ahead_s + spread_s),
+                    now,
+                    ahead_s,
+                    spread_s,
                     now,
                     list(done),
                     batch_size,
@@ -217,7 +342,88 @@ class TokenUpkeep:
                 ),
             ).fetchall()
         tokens = [token_from_row(self._store, r) for r in rows]
-        return sorted(tokens, key=lambda t: t.access_expires), now
+        return sorted(tokens, key=lambda t: t.access_expires), (now, lease_until)
+
+    def _release(
+        self,
+        results: list[tuple[Token, str]],
+        claimed_at: dt.datetime,
+        lease_until: dt.datetime,
+    ) -> None:
+        """Give back the leases (and journal entries) of tokens the run left
+        untouched: passed over, or refused with our client credentials."""
+        untouched = (NOT_ATTEMPTED, "config_error")
+        ids = [t.id for t, outcome in results if outcome in untouched]
+        if not ids:
+            return
+        with self._store.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE esi_token SET next_refresh_attempt = NULL"
+                " WHERE id = ANY(%s) AND next_refresh_attempt = %s",
+                (ids, lease_until),
+            )
+            conn.execute(
+                "DELETE FROM esi_token_refresh_journal WHERE token_id = ANY(%s)"
+                " AND started = %s AND refresh_token IS NULL",
+                (ids, claimed_at),
+            )
+        log.debug("released the leases of %d tokens left untouched", len(ids))
+
+    def _reencrypt_table(
+        self, table: str, key: str, columns: tuple[str, ...], lock_timeout_s: float
+    ) -> tuple[int, int]:
+        """Re-encrypt one table in batches; rows rewritten and rows left locked."""
+        with self._store.pool.connection() as conn:
+            keys = [r[0] for r in conn.execute(f"SELECT {key} FROM {table}")]  # type: ignore[arg-type]
+        rewritten, skipped = 0, []
+        for start in range(0, len(keys), ENCRYPT_BATCH):
+            chunk = keys[start : start + ENCRYPT_BATCH]
+            done, seen = self._reencrypt_rows(table, key, columns, chunk, None)
+            rewritten += done
+            skipped += [k for k in chunk if k not in seen]
+        locked = 0
+        for row_key in skipped:
+            try:
+                done, seen = self._reencrypt_rows(
+                    table, key, columns, [row_key], lock_timeout_s
+                )
+            except psycopg.errors.LockNotAvailable:
+                locked += 1
+                continue
+            rewritten += done
+        return rewritten, locked
+
+    def _reencrypt_rows(
+        self,
+        table: str,
+        key: str,
+        columns: tuple[str, ...],
+        keys: list[Any],
+        wait_s: float | None,
+    ) -> tuple[int, set[Any]]:
+        """Rewrite the rows of ``keys`` not under the first key; how many, and
+        which rows were seen (``wait_s`` None: skip locked ones)."""
+        cipher, rewritten = self._store.cipher, 0
+        lock = " FOR UPDATE SKIP LOCKED" if wait_s is None else " FOR UPDATE"
+        with self._store.pool.connection() as conn, conn.transaction():
+            if wait_s is not None:
+                conn.execute(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}")  # type: ignore[arg-type]
+            rows = conn.execute(
+                f"SELECT {key}, {', '.join(columns)} FROM {table}"  # type: ignore[arg-type]
+                f" WHERE {key} = ANY(%s){lock}",
+                (keys,),
+            ).fetchall()
+            for row_key, *values in rows:
+                if all(cipher.is_current(v) for v in values):
+                    continue
+                fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
+                assignments = ", ".join(f"{c} = %s" for c in columns)
+                conn.execute(
+                    f"UPDATE {table} SET {assignments} WHERE {key} = %s",  # type: ignore[arg-type]
+                    (*fresh, row_key),
+                )
+                rewritten += 1
+        return rewritten, {r[0] for r in rows}
 
     def _expire_unrefreshable(self) -> int:
         now = self._store.clock.now()
