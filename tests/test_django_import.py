@@ -168,3 +168,103 @@ def test_a_database_without_django_esi_tables_is_refused(database_url, runtime):
     # when it is given as a django-esi source
     with pytest.raises(ConfigurationError, match="esi_token_scopes"):
         import_django_esi(database_url, runtime.tokens)
+
+
+def _refresh_tokens_of(store, character_id: int) -> set[str]:
+    return {
+        t.refresh_token
+        for t in store.query().including_dead().filter(character_id=character_id)
+    }
+
+
+@pytest.mark.parametrize("live", ["newer", "older"])
+def test_duplicate_rows_are_all_kept_so_the_live_grant_survives(
+    django_db, emulator, runtime, live
+):
+    # given two django-esi rows of one character, user and scope set (two
+    # logins), one of whose grants is dead at the SSO
+    emulator.configure(rotation="rotate_reject_old")
+    now = dt.datetime.now(dt.UTC)
+    older = _add_django_token(
+        django_db,
+        emulator,
+        96000031,
+        [ASSETS],
+        user_id=5,
+        created=now - dt.timedelta(days=20),
+    )
+    newer = _add_django_token(
+        django_db,
+        emulator,
+        96000031,
+        [ASSETS],
+        user_id=5,
+        created=now - dt.timedelta(hours=1),
+    )
+    dead = older if live == "newer" else newer
+    store = runtime.tokens
+    store.sso.revoke(dead.refresh_token)
+
+    # when the database is imported
+    summary = import_django_esi(django_db, store)
+    imported = list(store.query().filter(character_id=96000031).order_by("id"))
+
+    # then neither refresh token was dropped, and the newest row came first
+    assert summary.inserted == 2
+    assert [t.refresh_token for t in imported] == [
+        newer.refresh_token,
+        older.refresh_token,
+    ]
+    assert {t.user_id for t in imported} == {"5"}
+
+    # and after the first refreshes the live grant is the valid token left
+    alive = newer if live == "newer" else older
+    alive_id = next(t.id for t in imported if t.refresh_token == alive.refresh_token)
+    refreshed = store.refresh_due()
+    assert (refreshed.success, refreshed.dead) == (1, 1)
+    assert store.query().filter(character_id=96000031).get().id == alive_id
+
+
+def test_a_duplicate_holding_the_same_refresh_token_is_kept_once(
+    django_db, emulator, runtime
+):
+    # given two django-esi rows carrying the very same grant
+    grant = _add_django_token(django_db, emulator, 96000041, [ASSETS])
+    _add_django_token(
+        django_db,
+        emulator,
+        96000041,
+        [ASSETS],
+        access_token=grant.access_token,
+        refresh_token=grant.refresh_token,
+        character_owner_hash=grant.owner_hash,
+    )
+
+    # when it is imported
+    summary = import_django_esi(django_db, runtime.tokens)
+
+    # then one token holds it
+    assert (summary.inserted, summary.kept) == (1, 1)
+    assert runtime.tokens.query().filter(character_id=96000041).count() == 1
+
+
+def test_a_django_grant_beside_a_login_of_ours_is_stored_too(
+    django_db, emulator, runtime
+):
+    # given a valid token of ours and a django-esi row of another grant of
+    # the same character, user and scopes
+    ours = runtime.tokens.import_grant(
+        emulator.create_grant(96000051, "Pilot 96000051", [ASSETS]), user="7"
+    )
+    theirs = _add_django_token(django_db, emulator, 96000051, [ASSETS], user_id=7)
+
+    # when it is imported
+    summary = import_django_esi(django_db, runtime.tokens)
+
+    # then ours is untouched and theirs is stored beside it
+    assert summary.inserted == 1
+    assert runtime.tokens.get(ours.id).refresh_token == ours.refresh_token
+    assert _refresh_tokens_of(runtime.tokens, 96000051) == {
+        ours.refresh_token,
+        theirs.refresh_token,
+    }

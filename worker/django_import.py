@@ -5,7 +5,14 @@ the link in ``esi_token_scopes``; it stores no expiry, so an imported access
 token counts as expired and the first use refreshes it. The import is one
 transaction (all rows or none), and idempotent: a row already imported (its
 ``source`` is ``django-esi:<id>``) is left alone, and an equivalent valid
-token of ours is never overwritten with an older refresh token.
+token of ours is never overwritten.
+
+django-esi makes a new row for every login, so one character often has
+several equivalent rows, each a grant of its own that may or may not still
+live. None is dropped: rows are read newest first (the likeliest live
+grant gets the lowest new id and revives a dead equivalent first), and a
+row whose refresh token no equivalent token holds is stored beside them.
+The first refreshes tell which grants are dead, and prune clears those.
 """
 
 from __future__ import annotations
@@ -44,13 +51,15 @@ SELECT t.id, t.created, t.access_token, t.refresh_token, t.user_id,
        ARRAY(SELECT s.name FROM esi_token_scopes ts
              JOIN esi_scope s ON s.id = ts.scope_id
              WHERE ts.token_id = t.id) AS scopes
-FROM esi_token t ORDER BY t.id
+FROM esi_token t ORDER BY t.created DESC, t.id DESC
 """
 
 
 @dataclasses.dataclass(frozen=True)
 class ImportSummary:
-    """What an import did, by row: new, merged into a dead one, kept, already there."""
+    """What an import did, by row: stored (new, or beside an equivalent token
+    with another refresh token), merged into a dead one, kept (an equivalent
+    valid token holds its refresh token already), already imported."""
 
     inserted: int = 0
     merged: int = 0

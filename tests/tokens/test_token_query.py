@@ -196,13 +196,14 @@ def test_dead_tokens_are_hidden_unless_asked_for(store, add_token):
 
 
 def test_equivalent_to_finds_same_character_scopes_and_user(store, add_token):
-    # given a token and candidates differing in one respect each
-    # (an equal grant of the same user would have been merged on add)
+    # given a token and candidates differing in one respect each (the
+    # user-less one added last: a grant of the same user, or of any user
+    # while a user-less token exists, would have been merged on add)
     token = add_token(scopes=[ASSETS, SKILLS], user="alice")
-    no_user = add_token(scopes=[SKILLS, ASSETS], user=None)
     add_token(scopes=[ASSETS, SKILLS], user="bob")
     add_token(scopes=[ASSETS], user="alice")
     add_token(90000001, scopes=[ASSETS, SKILLS], user="alice")
+    no_user = add_token(scopes=[SKILLS, ASSETS], user=None)
 
     # when its equivalents are asked for
     found = set(store.query().equivalent_to(token))

@@ -336,36 +336,51 @@ class TokenStore:
         """Insert ``fields`` or merge them into an equivalent token, in ``conn``'s
         transaction; the token id and ``inserted``, ``merged`` or ``kept``.
 
+        Equivalent means the same character and scopes, and the same user or
+        no user; a token of the same user is preferred, then a valid one. A
+        merge into a token without a user gives it ``user``.
+
         :param source: where the grant came from, e.g. ``django-esi:17``.
-        :param keep_valid: leave an equivalent valid token as it is (an
-            import must not overwrite a refresh token the worker rotated).
+        :param keep_valid: never overwrite an equivalent valid token (an
+            import must not replace a refresh token the worker rotated);
+            a grant whose refresh token none of them holds is then stored
+            beside them, since it may be the only live one.
         """
         # Two logins of one character at once must not both insert.
         conn.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
             (_MERGE_LOCK_CLASS, str(fields.character_id)),
         )
-        token_id, state = self._equivalent(conn, fields, user)
-        if token_id is None:
+        candidates = self._equivalents(conn, fields, user)
+        if not candidates:
             return self._insert(conn, fields, user, source), "inserted"
-        if keep_valid and state == VALID:
-            return token_id, "kept"
-        self._overwrite(conn, token_id, fields)
+        valid = [(i, secret) for i, state, secret in candidates if state == VALID]
+        if keep_valid and valid:
+            held = {self.cipher.decrypt(secret) for _, secret in valid}
+            if fields.refresh_token is None or fields.refresh_token in held:
+                return valid[0][0], "kept"
+            return self._insert(conn, fields, user, source), "inserted"
+        token_id = candidates[0][0]
+        self._overwrite(conn, token_id, fields, user)
         return token_id, "merged"
 
     # -- storage internals ---------------------------------------------------
 
-    def _equivalent(
+    def _equivalents(
         self, conn: psycopg.Connection[Any], fields: GrantFields, user: str | None
-    ) -> tuple[int | None, str | None]:
-        row = conn.execute(
-            f"SELECT t.id, t.state FROM (SELECT t.id, t.state, {SCOPES_OF_T}"
-            " FROM esi_token t WHERE t.character_id = %s"
-            " AND t.user_id IS NOT DISTINCT FROM %s) t"
-            " WHERE t.scopes = %s::text[] ORDER BY (t.state = %s) DESC, t.id LIMIT 1",
-            (fields.character_id, user, list(fields.scopes), VALID),
-        ).fetchone()
-        return (int(row[0]), str(row[1])) if row else (None, None)
+    ) -> list[tuple[int, str, str | None]]:
+        """Equivalent tokens (id, state, stored refresh token), best first."""
+        rows = conn.execute(
+            f"SELECT t.id, t.state, t.refresh_token FROM (SELECT t.id, t.state,"
+            f" t.user_id, t.refresh_token, {SCOPES_OF_T} FROM esi_token t"
+            " WHERE t.character_id = %s"
+            " AND (t.user_id IS NOT DISTINCT FROM %s OR t.user_id IS NULL)) t"
+            " WHERE t.scopes = %s::text[]"
+            " ORDER BY (t.user_id IS NOT DISTINCT FROM %s) DESC,"
+            " (t.state = %s) DESC, t.id",
+            (fields.character_id, user, list(fields.scopes), user, VALID),
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), r[2]) for r in rows]
 
     def _insert(
         self,
@@ -400,11 +415,16 @@ class TokenStore:
         return int(row[0])
 
     def _overwrite(
-        self, conn: psycopg.Connection[Any], token_id: int, fields: GrantFields
+        self,
+        conn: psycopg.Connection[Any],
+        token_id: int,
+        fields: GrantFields,
+        user: str | None,
     ) -> None:
         now = self.clock.now()
         conn.execute(
-            "UPDATE esi_token SET updated = %s, access_token = %s,"
+            "UPDATE esi_token SET updated = %s, user_id = COALESCE(%s, user_id),"
+            " access_token = %s,"
             " refresh_token = %s, access_expires = %s, character_name = %s,"
             " token_type = %s, character_owner_hash = %s, sso_version = %s,"
             " state_changed = CASE WHEN state = %s THEN state_changed ELSE %s END,"
@@ -412,6 +432,7 @@ class TokenStore:
             " refresh_failures = 0, next_refresh_attempt = NULL WHERE id = %s",
             (
                 now,
+                user,
                 self.cipher.encrypt(fields.access_token),
                 self.cipher.encrypt(fields.refresh_token),
                 fields.access_expires,
