@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from worker.clock import FrozenClock
-from worker.errors import SSOGrantError
+from worker.errors import ConfigurationError, SSOGrantError
 from worker.login import begin_login, complete_login, loopback_login, pending_redirect
 from worker.runtime import Runtime
 from worker.sso import SSOClient
@@ -193,3 +193,178 @@ def test_begin_login_purges_logins_older_than_the_ttl(settings, clean_db, emulat
     with clean_db.connection() as conn:
         states = [r[0] for r in conn.execute("SELECT state FROM esi_pending_login")]
     assert abandoned not in states and len(states) == 1
+
+
+def _login(scopes, *, user=None, store=None, **authorize):
+    """A whole web login: begin, consent (optionally as another character), complete."""
+    url, _ = begin_login(scopes, user=user, store=store)
+    for name, value in authorize.items():
+        url += f"&{name}={value}"
+    return complete_login(*_consent(url), store=store)
+
+
+def test_a_users_login_merges_into_a_token_without_user_and_takes_it_over(
+    runtime, emulator
+):
+    # given a token logged in without a user (from the CLI, say)
+    anonymous = _login([ASSETS])
+
+    # when the same character logs in with the same scopes for alice
+    alices = _login([ASSETS], user="alice")
+
+    # then there is one token, now alice's, holding the newest grant
+    assert alices.id == anonymous.id and alices.user_id == "alice"
+    assert runtime.tokens.query().including_dead().count() == 1
+    assert alices.refresh_token != anonymous.refresh_token
+
+
+def test_the_same_users_token_is_preferred_over_one_without_user(runtime, emulator):
+    # given alice's token, then a token without user for the same grant
+    alices = _login([ASSETS], user="alice")
+    anonymous = _login([ASSETS])
+    assert anonymous.id != alices.id and anonymous.user_id is None
+
+    # when alice logs in again
+    again = _login([ASSETS], user="alice")
+
+    # then her own token got the grant; the one without user is untouched
+    assert again.id == alices.id
+    assert runtime.tokens.get(anonymous.id).user_id is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("alice", "bob"), ("alice", None)],
+    ids=["other-user", "no-user-after-a-user"],
+)
+def test_logins_of_another_user_are_not_merged(runtime, emulator, first, second):
+    # given a token of one user
+    token = _login([ASSETS], user=first)
+
+    # when the same character logs in for another user, or for nobody
+    other = _login([ASSETS], user=second)
+
+    # then that is a token of its own
+    assert other.id != token.id and other.user_id == second
+    assert runtime.tokens.get(token.id).user_id == first
+
+
+def test_a_login_with_other_scopes_or_character_is_not_merged(runtime, emulator):
+    # given a token without user
+    token = _login([ASSETS])
+
+    # when alice logs in with more scopes, or as another character
+    wider = _login([ASSETS, SKILLS], user="alice")
+    other = _login([ASSETS], user="alice", character_id=2112000002)
+
+    # then each is a token of its own
+    assert len({token.id, wider.id, other.id}) == 3
+    assert runtime.tokens.get(token.id).user_id is None
+
+
+@pytest.mark.parametrize("scopes", [[ASSETS], [ASSETS, SKILLS]])
+def test_a_login_whose_access_token_names_no_scopes_stores_the_requested_ones(
+    runtime, emulator, scopes
+):
+    # given an SSO that leaves scp out of its access tokens
+    emulator.configure(scp_form="absent")
+
+    # when a character logs in for scopes
+    token = _login(scopes)
+
+    # then the token holds the scopes asked for and is found by them, and a
+    # refresh (scp absent again) keeps them
+    assert token.scopes == tuple(sorted(scopes)) and token.refresh_token
+    assert runtime.tokens.query().require_scopes(scopes).count() == 1
+    refreshed = runtime.tokens.refresh(token)
+    assert refreshed.scopes == tuple(sorted(scopes))
+
+
+def test_a_scopeless_login_stays_scopeless_when_scp_is_absent(runtime, emulator):
+    # given an SSO that leaves scp out, and a login asking for nothing
+    emulator.configure(scp_form="absent")
+
+    # when it completes
+    token = _login([])
+
+    # then it holds no scope and no refresh token
+    assert token.scopes == () and token.refresh_token is None
+
+
+def _corrupt_pending_verifiers(pool) -> None:
+    """Make every pending login's PKCE verifier unreadable (its key is gone)."""
+    from worker.crypto import TokenCipher
+
+    lost = TokenCipher([TokenCipher.new_key()]).encrypt("verifier")
+    with pool.connection() as conn:
+        conn.execute("UPDATE esi_pending_login SET code_verifier = %s", (lost,))
+
+
+def test_the_loopback_login_fails_at_once_on_an_unexpected_error(
+    settings, clean_db, emulator
+):
+    # given a loopback login whose pending record cannot be read back
+    runtime = Runtime.from_settings(
+        settings.replace(sso_callback_url="http://127.0.0.1:0/callback"), pool=clean_db
+    )
+    urls: list[str] = []
+    pages: list[requests.Response] = []
+
+    def browser(url: str) -> None:
+        urls.append(url)
+        _corrupt_pending_verifiers(clean_db)
+        threading.Thread(
+            target=lambda: pages.append(requests.get(url, timeout=10))
+        ).start()
+
+    # when the browser comes back with the code
+    with pytest.raises(ConfigurationError, match="ESI_WORKER_TOKEN_KEYS"):
+        loopback_login([ASSETS], store=runtime.tokens, on_url=browser, timeout_s=60)
+
+    # then the login failed with that error (not a timeout a minute later),
+    # and the browser was told
+    for _ in range(100):
+        if pages:
+            break
+        threading.Event().wait(0.05)
+    assert pages and pages[0].status_code == 400 and "Login failed" in pages[0].text
+    runtime.close()
+
+
+def test_the_login_command_reports_an_unexpected_error_at_once(
+    settings, clean_db, emulator
+):
+    # given the CLI login waiting for its callback
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
+    env.update(
+        ESI_WORKER_DATABASE_URL=settings.database_url,
+        ESI_WORKER_DATA_DIR=str(settings.data_dir),
+        ESI_WORKER_SSO_BASE_URL=emulator.base_url,
+        ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
+        ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
+        ESI_WORKER_SSO_CALLBACK_URL=f"http://127.0.0.1:{port}/callback",
+        ESI_WORKER_LOGIN_TIMEOUT_S="300",
+    )
+    script = os.path.join(os.path.dirname(sys.executable), "esi-worker")
+    proc = subprocess.Popen(
+        [script, "login", "--scopes", ASSETS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = ""
+    while not line.startswith("http"):
+        line = proc.stdout.readline().strip()
+        assert line or proc.poll() is None, proc.stderr.read()
+
+    # when the pending login turns unreadable before the browser returns
+    _corrupt_pending_verifiers(clean_db)
+    page = requests.get(line, timeout=20)
+    out, err = proc.communicate(timeout=30)
+
+    # then the command ended at once with the error, well before its timeout
+    assert page.status_code == 400
+    assert proc.returncode != 0 and "ESI_WORKER_TOKEN_KEYS" in err
+    assert emulator.client_secret not in out + err

@@ -13,6 +13,7 @@ An unknown, used or expired ``state`` raises :class:`SSOGrantError` with
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
 import logging
@@ -22,10 +23,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import ConfigurationError, SSOError, SSOGrantError, TokenError
+from .errors import ConfigurationError, SSOGrantError, WorkerError
 from .scopes import normalize_scopes
+from .tokens import GrantFields
+from .tokens.grants import grant_fields
 
 if TYPE_CHECKING:
+    from .sso import TokenGrant
     from .tokens import Token, TokenStore
 
 log = logging.getLogger(__name__)
@@ -85,7 +89,10 @@ def complete_login(
     """Finish a login: check ``state``, exchange ``code``, store the token.
 
     The token is merged into an equivalent one (same character, scopes and
-    user, or one without a user) instead of duplicated.
+    user, or one without a user) instead of duplicated. When the access
+    token carries no ``scp`` claim (ESI.md lists that as possible), the
+    scopes asked for are stored: the SSO only hands out a refresh token
+    for a login that was granted scopes.
 
     :raises SSOGrantError: unknown, used or expired state; or a bad code.
     :raises SSOError: the SSO could not exchange the code.
@@ -97,14 +104,8 @@ def complete_login(
     grant = store.sso.exchange_code(
         code, code_verifier=verifier, redirect_uri=redirect_uri
     )
-    granted = set(grant.claims.scopes)
-    if not set(pending["scopes"]) <= granted:
-        log.warning(
-            "login granted %d of %d requested scopes",
-            len(granted & set(pending["scopes"])),
-            len(pending["scopes"]),
-        )
-    token = store.import_grant(grant, user=pending["user_id"])
+    fields = _login_fields(grant, normalize_scopes(pending["scopes"]))
+    token = store.add(**dataclasses.asdict(fields), user=pending["user_id"])
     log.info(
         "login of character %r stored as token %r",
         token.character_id,
@@ -209,8 +210,7 @@ class _CallbackHandler(BaseHTTPRequestHandler):
             return
         if "code" not in query:
             reason = query.get("error_description") or query.get("error") or "no code"
-            self.server.failure = SSOGrantError(f"login refused: {reason}")
-            self.server.done.set()
+            self._finish(SSOGrantError(f"login refused: {reason}"))
             self._reply(400, f"Login failed: {reason}")
             return
 
@@ -221,12 +221,19 @@ class _CallbackHandler(BaseHTTPRequestHandler):
                 redirect_uri=self.server.redirect_uri,
                 store=self.server.store,
             )
-        except (SSOError, TokenError) as exc:
-            self.server.failure = exc
-            self._reply(400, f"Login failed: {exc}")
-        else:
-            self.server.token = token
-            self._reply(200, f"Logged in {token.character_name}. You can close this.")
+        except Exception as exc:
+            # Whatever went wrong ends the login: the waiting caller gets the
+            # error now instead of a timeout minutes later.
+            if not isinstance(exc, WorkerError):
+                log.exception("the login callback failed")
+            self._finish(exc)
+            self._reply(400, f"Login failed: {_shown(exc)}")
+            return
+        self._finish(None, token)
+        self._reply(200, f"Logged in {token.character_name}. You can close this.")
+
+    def _finish(self, failure: Exception | None, token: Token | None = None) -> None:
+        self.server.failure, self.server.token = failure, token
         self.server.done.set()
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -235,11 +242,40 @@ class _CallbackHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, text: str) -> None:
         body = f"<html><body><p>{html.escape(text)}</p></body></html>".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            # The browser went away; the login's outcome is already set.
+            log.debug("login callback: the browser closed the connection")
+
+
+def _shown(exc: Exception) -> str:
+    """What the browser page says about a failure: ours in full, others by type."""
+    return str(exc) if isinstance(exc, WorkerError) else type(exc).__name__
+
+
+def _login_fields(grant: TokenGrant, requested: tuple[str, ...]) -> GrantFields:
+    """What to store of a login's grant: its own scopes, or the requested
+    ones when the access token names none but came with a refresh token."""
+    fields = grant_fields(grant)
+    if not fields.scopes and grant.refresh_token is not None and requested:
+        log.warning(
+            "the login's access token has no scp claim; storing the %d "
+            "scopes that were asked for",
+            len(requested),
+        )
+        return dataclasses.replace(fields, scopes=requested)
+    if not set(requested) <= set(fields.scopes):
+        log.warning(
+            "login granted %d of %d requested scopes",
+            len(set(fields.scopes) & set(requested)),
+            len(requested),
+        )
+    return fields
 
 
 def _take_pending(store: TokenStore, state: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import WorkerError
 from . import friendly_errors, settings_of
 
 
@@ -50,6 +51,15 @@ def login(
             )
         except TimeoutError as exc:
             raise click.ClickException(str(exc)) from exc
+        except WorkerError:
+            raise
+        except Exception as exc:
+            # Not one of ours (a database hiccup, a bug): say so in one line;
+            # its text could quote what it was handling, so only the type.
+            raise click.ClickException(
+                f"login failed unexpectedly ({type(exc).__name__}); "
+                "the log above has the details"
+            ) from exc
         click.echo(
             f"stored token {token.id} of character {token.character_id} "
             f"({token.character_name}) with {len(token.scopes)} scopes"
