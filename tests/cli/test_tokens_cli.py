@@ -110,3 +110,73 @@ def test_import_django_esi_reports_a_missing_source_table(cli, settings, runtime
 
     # then the command fails naming the missing table
     assert result.returncode != 0 and "esi_token_scopes" in result.stderr
+
+
+def _state_column(listed: str, token_id: int) -> str:
+    """The state column of one token's line of ``tokens list``."""
+    for line in listed.splitlines():
+        fields = line.split()
+        if fields and fields[0] == str(token_id):
+            return fields[fields.index("expires") - 1]
+    raise AssertionError(f"token {token_id} not listed:\n{listed}")
+
+
+def test_an_expired_token_shows_as_expired_and_a_fresh_one_as_valid(
+    cli, token, runtime, emulator
+):
+    # given the expired token as imported, and one freshly refreshed
+    grant = emulator.create_grant(
+        character_id=97000002, character_name="Cli Two", scopes=[ASSETS]
+    )
+    fresh = runtime.tokens.refresh(runtime.tokens.import_grant(grant))
+
+    # when the tokens are listed and the expired one shown
+    listed = cli("tokens", "list").stdout
+    shown = cli("tokens", "show", str(token.id)).stdout
+
+    # then the expired one says so, with what happens next
+    assert _state_column(listed, token.id) == "expired"
+    assert _state_column(listed, fresh.id) == "valid"
+    assert "expired (the access token lapsed; the next refresh renews it)" in shown
+
+
+def test_refused_client_credentials_show_in_list_and_show(
+    cli, token, runtime, emulator
+):
+    # given a refresh run that met invalid_client
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}])
+    assert runtime.tokens.refresh_due().config_error == 1
+
+    # when the tokens are listed and the token shown
+    listed = cli("tokens", "list")
+    shown = cli("tokens", "show", str(token.id))
+
+    # then both say the refresh is blocked by the credentials, and how to
+    # fix it; the token itself is untouched
+    assert _state_column(listed.stdout, token.id) == "config_error"
+    assert "invalid_client" in listed.stderr
+    assert "config_error" in shown.stdout
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in shown.stdout
+    assert runtime.tokens.get(token.id).state == "valid"
+
+    # and once a refresh works again, the warning is gone
+    assert runtime.tokens.refresh_due().success == 1
+    listed = cli("tokens", "list")
+    assert _state_column(listed.stdout, token.id) == "valid"
+    assert "invalid_client" not in listed.stderr
+
+
+def test_reencrypt_reports_every_table_it_covers(cli, token, settings, runtime):
+    # given a pending login beside the token, under the old key
+    from worker.login import begin_login
+
+    begin_login([ASSETS], pkce=True, store=runtime.tokens)
+    old = (settings.data_dir / "token.key").read_text().strip()
+    new = cli("tokens", "new-key").stdout.strip()
+
+    # when the secrets are re-encrypted under a new first key
+    result = cli("tokens", "reencrypt", keys=f"{new},{old}")
+
+    # then the output counts the token and the pending login
+    assert result.returncode == 0, result.stderr
+    assert "1 tokens" in result.stdout and "1 pending logins" in result.stdout

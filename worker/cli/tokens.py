@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from . import friendly_errors, settings_of
+
+if TYPE_CHECKING:
+    from ..tokens import ClientRefusal, Token
+
+# What each status means, as `tokens show` explains it.
+_STATUS_TEXT = {
+    "valid": "usable now",
+    "expired": "the access token lapsed; the next refresh renews it",
+    "config_error": "its refresh is blocked: {refusal}",
+    "revoked": "the SSO says the grant is dead; a new login is needed",
+    "owner_changed": "the character changed account; a new login is needed",
+    "no_refresh_expired": "expired, and it has no refresh token to renew it",
+}
 
 
 @click.group()
@@ -23,13 +38,17 @@ def tokens_list(ctx: click.Context, show_all: bool) -> None:
     from ..runner import open_runtime
 
     with open_runtime(settings_of(ctx)) as runtime:
+        refusal = runtime.tokens.client_refusal()
+        if refusal is not None:
+            click.echo(f"warning: {refusal}", err=True)
         query = runtime.tokens.query()
         if show_all:
             query = query.including_dead()
         for token in query.order_by("character_id"):
             click.echo(
                 f"{token.id:>6}  {token.character_id:>12}  {token.character_name:<28} "
-                f"{token.state:<18} expires {token.expires:%Y-%m-%d %H:%M:%S}Z  "
+                f"{_status(token, refusal):<18} "
+                f"expires {token.expires:%Y-%m-%d %H:%M:%S}Z  "
                 f"{len(token.scopes)} scopes"
             )
 
@@ -46,11 +65,14 @@ def tokens_show(ctx: click.Context, token_id: int) -> None:
         token = runtime.tokens.get(token_id)
         if token is None:
             raise click.ClickException(f"no token with id {token_id}")
+        refusal = runtime.tokens.client_refusal()
+        status = _status(token, refusal)
+        explained = _STATUS_TEXT.get(status, "").format(refusal=refusal)
         rows = [
             ("id", token.id),
             ("character", f"{token.character_id} ({token.character_name})"),
             ("user", token.user_id or "-"),
-            ("state", token.state),
+            ("state", f"{status} ({explained})" if explained else status),
             ("state reason", token.state_reason or "-"),
             ("state changed", token.state_changed or "-"),
             ("access expires", token.access_expires),
@@ -116,8 +138,21 @@ def tokens_reencrypt(ctx: click.Context) -> None:
     from ..runner import open_runtime
 
     with open_runtime(settings_of(ctx)) as runtime:
-        count = runtime.tokens.reencrypt()
-        click.echo(f"re-encrypted the secrets of {count} tokens")
+        summary = runtime.tokens.reencrypt_report()
+        click.echo(str(summary))
+        if summary.locked:
+            raise click.ClickException(
+                f"{summary.locked} rows could not be re-encrypted; run it again"
+            )
+
+
+def _status(token: Token, refusal: ClientRefusal | None) -> str:
+    """The token's status, ``config_error`` while the SSO refuses our client
+    and the token depends on a refresh."""
+    status = token.status
+    if refusal is not None and status in ("valid", "expired") and token.can_refresh:
+        return "config_error"
+    return status
 
 
 @tokens.command("new-key")
