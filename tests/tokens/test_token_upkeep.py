@@ -11,7 +11,7 @@ import pytest
 from worker import metrics
 from worker.errors import TokenExpiredError
 from worker.tokens import NO_REFRESH_EXPIRED, REVOKED, VALID, TokenStore
-from worker.tokens.upkeep import CLAIM_LEASE_S, spread_share
+from worker.tokens.upkeep import CLAIM_LEASE_S, MAX_LEASE_S, spread_share
 
 from .conftest import ASSETS, CHARACTER_NAME, SKILLS, stored, token_count
 
@@ -278,11 +278,18 @@ def test_refresh_spread_of_zero_keeps_the_plain_look_ahead(
     assert spread.success == 1
 
 
-def test_a_run_whose_lease_ran_out_leaves_its_tokens_to_the_run_that_took_them(
-    emulator, frozen_store, clock
+@pytest.mark.parametrize(
+    ("later_s", "taken_over"),
+    [(CLAIM_LEASE_S + 30, False), (MAX_LEASE_S + 1, True)],
+    ids=["lease-covers-the-slow-batch", "lease-ran-out"],
+)
+def test_a_second_run_never_refreshes_what_a_slow_run_claimed_again(
+    shared_clock, later_s, taken_over
 ):
-    # given eight expired tokens, a slow SSO, and a run A working through
-    # them one at a time
+    # given eight expired tokens, a slow SSO (on the store's clock, so
+    # fresh tokens stay fresh when the clock jumps), and a run A working
+    # through them one at a time
+    emulator, frozen_store, clock = shared_clock
     emulator.configure(sso_latency_s=0.4, rotation="rotate_reject_old")
     tokens = [_grant_token(emulator, frozen_store, 91500000 + n) for n in range(8)]
     result: list = []
@@ -293,13 +300,15 @@ def test_a_run_whose_lease_ran_out_leaves_its_tokens_to_the_run_that_took_them(
     while emulator.stats()["sso_token_requests"] < 1:
         threading.Event().wait(0.005)
 
-    # when A's lease runs out mid-batch and run B claims what A left
-    clock.advance(CLAIM_LEASE_S + 1)
+    # when a run B starts later, while A is still at it
+    clock.advance(later_s)
     run_b = frozen_store.refresh_due(parallelism=4)
     run_a.join(timeout=60)
 
-    # then every token was sent to the SSO exactly once, by one of them
+    # then B took A's tokens only once A's lease had run out, and every
+    # token was sent to the SSO exactly once, by one of them
     stats = emulator.stats()
+    assert (run_b.total > 0) is taken_over
     assert stats["sso_token_requests"] == 8
     assert set(stats["sso_refreshes_by_character"].values()) == {1}
     assert result[0].success + run_b.success == 8

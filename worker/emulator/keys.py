@@ -39,6 +39,9 @@ class SigningKeys:
         self.ec_kid = str(uuid.uuid4())
         self._keys[RSA_KID] = ("RS256", _generate("RS256"))
         self._keys[self.ec_kid] = ("ES256", _generate("ES256"))
+        # The two keys made at start, under their earlier names.
+        self._rsa = self._keys[RSA_KID][1]
+        self._ec = self._keys[self.ec_kid][1]
         self._jwks: dict[frozenset[str], dict[str, Any]] = {}
 
     def kid_for(self, alg: str, signing_kid: str | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .grants import GrantFields
 from .query import TokenQuery
+from .reencrypt import ReencryptSummary
 from .store import ClientRefusal, TokenStore
 from .token import (
     CONFIG_ERROR,
@@ -21,7 +22,7 @@ from .token import (
     VALID,
     Token,
 )
-from .upkeep import ReencryptSummary, RefreshSummary
+from .upkeep import RefreshSummary
 
 __all__ = [
     "CONFIG_ERROR",

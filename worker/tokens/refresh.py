@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
@@ -26,9 +25,11 @@ from ..errors import (
     TokenInvalidError,
 )
 from ..sso import sso_class
-from ..sso.answers import RETRY_AFTER_MAX_S, may_have_acted
+from ..sso.answers import may_have_acted
+from .bulk import NOT_ATTEMPTED, RefreshRun
 from .journal import JournalEntry
-from .rows import TOKEN_COLUMNS, link_scopes, token_from_row
+from .outcomes import RowWriter
+from .rows import TOKEN_COLUMNS, token_from_row
 from .token import OWNER_CHANGED, REVOKED, VALID, Token
 
 if TYPE_CHECKING:
@@ -38,53 +39,6 @@ if TYPE_CHECKING:
     from .store import TokenStore
 
 log = logging.getLogger(__name__)
-
-BACKOFF_BASE_S = 15.0
-BACKOFF_MAX_S = 300.0
-# Outcomes that are not a refresh at all: no metric counts them.
-NOT_ATTEMPTED = "not_attempted"
-
-
-@dataclasses.dataclass
-class RefreshRun:
-    """What the refreshes of one bulk run share.
-
-    ``claimed_at`` and ``lease_until`` come from the batch claim: a token
-    whose lease changed since (another run took it over after the lease ran
-    out, or another holder's failure set a back-off) is passed over. Once
-    :meth:`stop` is called (the SSO refused our client credentials), every
-    refresh of the run that has not called the SSO yet is passed over too.
-    """
-
-    claimed_at: dt.datetime | None = None
-    lease_until: dt.datetime | None = None
-    _stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the run was told to stop."""
-        return self._stopped.is_set()
-
-    def stop(self) -> bool:
-        """Tell the run to stop; ``True`` for the first caller only."""
-        with self._lock:
-            first = not self._stopped.is_set()
-            self._stopped.set()
-        return first
-
-    def for_batch(
-        self, claimed_at: dt.datetime, lease_until: dt.datetime
-    ) -> RefreshRun:
-        """This run (same stop) for one claimed batch."""
-        return dataclasses.replace(self, claimed_at=claimed_at, lease_until=lease_until)
-
-    def passes_over(self, current: Token) -> bool:
-        """Whether this run must leave ``current`` (locked) alone."""
-        if self.stopped:
-            return True
-        lease = self.lease_until
-        return lease is not None and current.next_refresh_attempt != lease
 
 
 @dataclasses.dataclass
@@ -107,6 +61,7 @@ class TokenRefresher:
 
     def __init__(self, store: TokenStore) -> None:
         self._store = store
+        self._rows = RowWriter(store)
 
     def refresh(
         self,
@@ -251,13 +206,13 @@ class TokenRefresher:
             self._store_answer(conn, current, answer, attempt)
         elif isinstance(error, SSOGrantError):
             reason = _dead_reason(error, earlier)
-            self._set_state(conn, current, REVOKED, reason)
+            self._rows.set_state(conn, current, REVOKED, reason)
             attempt.outcome, attempt.settled = "dead", True
         elif isinstance(error, SSOConfigurationError):
             attempt.outcome = "config_error"
             self._store.client_refused(conn, error)
         else:
-            self._note_failure(conn, current, error)
+            self._rows.note_failure(conn, current, error)
 
     def _store_answer(
         self,
@@ -276,23 +231,25 @@ class TokenRefresher:
         except (JWTValidationError, SSOTransientError) as exc:
             # The old refresh token may be spent: keep the new one, keep the
             # old access token, and try again after the back-off.
-            self._keep_refresh_token(conn, current, answer.refresh_token)
+            self._rows.keep_refresh_token(conn, current, answer.refresh_token)
             attempt.sso, attempt.error, attempt.settled = "transient", exc, True
-            self._note_failure(conn, current, exc)
+            self._rows.note_failure(conn, current, exc)
             return
         if grant.claims.character_id != current.character_id:
             attempt.sso, attempt.error = "transient", _misdirected(current, grant)
             log.error("%s", attempt.error, extra={"token_id": current.id})
-            self._note_failure(conn, current, attempt.error)
+            self._rows.note_failure(conn, current, attempt.error)
             return
         if grant.claims.owner_hash != current.character_owner_hash:
             # The new grant belongs to the character's new account, which
             # never logged in to this application: nothing of it is kept.
-            self._set_state(conn, current, OWNER_CHANGED, "the character changed owner")
+            self._rows.set_state(
+                conn, current, OWNER_CHANGED, "the character changed owner"
+            )
             attempt.outcome, attempt.settled = "owner_changed", True
             return
 
-        attempt.token = self._store_grant(conn, current, grant)
+        attempt.token = self._rows.store_grant(conn, current, grant)
         attempt.outcome, attempt.settled = "success", True
 
     def _settle_journal(
@@ -320,7 +277,7 @@ class TokenRefresher:
             return
 
         if attempt.adopted is not None:
-            self._keep_refresh_token(conn, current, attempt.adopted)
+            self._rows.keep_refresh_token(conn, current, attempt.adopted)
         if earlier is not None and earlier.refresh_token is None:
             return  # an earlier unfinished refresh is still unexplained
         assert attempt.error is not None and attempt.started is not None
@@ -411,106 +368,6 @@ class TokenRefresher:
             )
             secret = None
         return token, JournalEntry(started, secret, received)
-
-    def _store_grant(
-        self, conn: psycopg.Connection[Any], current: Token, grant: TokenGrant
-    ) -> Token:
-        """Store the grant, clear the journal and any record that the SSO
-        refused our client, in one statement; the new token."""
-        cipher, now = self._store.cipher, self._store.clock.now()
-        conn.execute(
-            "WITH cleared AS (DELETE FROM esi_token_refresh_journal"
-            " WHERE token_id = %s), accepted AS (DELETE FROM"
-            " esi_sso_client_refusal WHERE client_id = %s) "
-            "UPDATE esi_token SET access_token = %s, refresh_token = %s, "
-            "access_expires = %s, character_name = %s, updated = %s, "
-            "refresh_failures = 0, last_refresh_error = NULL, "
-            "next_refresh_attempt = NULL WHERE id = %s",
-            (
-                current.id,
-                self._store.settings.sso_client_id or "",
-                cipher.encrypt(grant.access_token),
-                cipher.encrypt(grant.refresh_token),
-                grant.expires_at,
-                grant.claims.character_name,
-                now,
-                current.id,
-            ),
-        )
-        fresh = current.replaced(
-            access_token=grant.access_token,
-            refresh_token=grant.refresh_token,
-            access_expires=grant.expires_at,
-            character_name=grant.claims.character_name,
-            updated=now,
-            refresh_failures=0,
-            last_refresh_error=None,
-            next_refresh_attempt=None,
-        )
-        if grant.claims.scopes and set(grant.claims.scopes) != set(current.scopes):
-            log.warning(
-                "token %r now holds %d scopes instead of %d",
-                current.id,
-                len(grant.claims.scopes),
-                len(current.scopes),
-            )
-            conn.execute(
-                "DELETE FROM esi_token_scope WHERE token_id = %s", (current.id,)
-            )
-            link_scopes(conn, current.id, grant.claims.scopes)
-            fresh = fresh.replaced(scopes=tuple(sorted(grant.claims.scopes)))
-        log.debug("token %r refreshed until %s", current.id, grant.expires_at)
-        return fresh
-
-    def _keep_refresh_token(
-        self, conn: psycopg.Connection[Any], current: Token, refresh_token: str | None
-    ) -> None:
-        if refresh_token is None or refresh_token == current.refresh_token:
-            return
-        conn.execute(
-            "UPDATE esi_token SET refresh_token = %s WHERE id = %s",
-            (self._store.cipher.encrypt(refresh_token), current.id),
-        )
-        log.info("token %r: kept the rotated refresh token", current.id)
-
-    def _note_failure(
-        self, conn: psycopg.Connection[Any], current: Token, exc: Exception | None
-    ) -> None:
-        failures = current.refresh_failures + 1
-        delay_s = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (failures - 1))
-        asked_s = min(RETRY_AFTER_MAX_S, getattr(exc, "retry_after_s", None) or 0.0)
-        retry_at = self._store.clock.now() + dt.timedelta(seconds=max(delay_s, asked_s))
-        conn.execute(
-            "UPDATE esi_token SET last_refresh_error = %s, refresh_failures = %s, "
-            "next_refresh_attempt = %s WHERE id = %s",
-            (str(exc)[:500], failures, retry_at, current.id),
-        )
-        log.warning(
-            "refreshing token %r of character %r failed (%s); retry at %s",
-            current.id,
-            current.character_id,
-            exc,
-            retry_at.isoformat(),
-            extra={"token_id": current.id, "character_id": current.character_id},
-        )
-
-    def _set_state(
-        self, conn: psycopg.Connection[Any], current: Token, state: str, reason: str
-    ) -> None:
-        now = self._store.clock.now()
-        conn.execute(
-            "UPDATE esi_token SET state = %s, state_reason = %s, state_changed = %s, "
-            "updated = %s WHERE id = %s",
-            (state, reason, now, now, current.id),
-        )
-        log.warning(
-            "token %r of character %r is now %s: %s",
-            current.id,
-            current.character_id,
-            state,
-            reason,
-            extra={"token_id": current.id, "character_id": current.character_id},
-        )
 
 
 def _earlier(

@@ -15,10 +15,11 @@ from ..scopes import normalize_scopes
 from .grants import GrantFields, grant_fields
 from .journal import RefreshJournal
 from .query import TokenQuery
+from .reencrypt import ReencryptSummary, SecretRewriter
 from .refresh import TokenRefresher
 from .rows import SCOPES_OF_T, link_scopes, load_token
 from .token import REVOKED, VALID, Token
-from .upkeep import ReencryptSummary, RefreshSummary, TokenUpkeep
+from .upkeep import RefreshSummary, TokenUpkeep
 
 if TYPE_CHECKING:
     import psycopg
@@ -229,7 +230,7 @@ class TokenStore:
     def reencrypt_report(self, *, lock_timeout_s: float = 30.0) -> ReencryptSummary:
         """Like :meth:`reencrypt`, with the count per table and of the rows
         still locked (being refreshed) after waiting ``lock_timeout_s``."""
-        return self._upkeep.encrypt_secrets(lock_timeout_s=lock_timeout_s)
+        return SecretRewriter(self).reencrypt(lock_timeout_s=lock_timeout_s)
 
     def client_refusal(self) -> ClientRefusal | None:
         """Whether the SSO refuses our client credentials (see :class:`ClientRefusal`)."""

@@ -1,4 +1,4 @@
-"""Scheduled token upkeep: bulk refresh of due tokens, expiry, re-encryption."""
+"""Scheduled token upkeep: bulk refresh of due tokens, expiry of unrefreshable ones."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import logging
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from ..errors import (
     ConfigurationError,
@@ -19,7 +17,8 @@ from ..errors import (
     SSOError,
     TokenInvalidError,
 )
-from .refresh import NOT_ATTEMPTED, RefreshRun
+from .bulk import NOT_ATTEMPTED, RefreshRun
+from .reencrypt import ENCRYPT_BATCH, SecretRewriter
 from .rows import TOKEN_COLUMNS, token_from_row
 from .token import NO_REFRESH_EXPIRED, VALID, Token
 
@@ -29,14 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A claimed token is left alone by other refresh runs for this long, so a
-# run that dies mid-batch only delays those tokens, never loses them. A
-# batch is cut so it can finish within the lease even when every SSO call
-# runs into the timeout; should it not, the lease check under the row lock
-# still keeps a token from being refreshed by two runs.
+# A claimed token is left alone by other refresh runs for at least this
+# long, so a run that dies mid-batch only delays those tokens, never loses
+# them. The lease grows to cover the batch even when every SSO call runs
+# into the timeout, up to MAX_LEASE_S (a batch is cut to fit); should it
+# run out all the same, the lease check under the row lock still keeps a
+# token from being refreshed by two runs.
 CLAIM_LEASE_S = 120.0
-MIN_ROUNDS_PER_BATCH = 4
-ENCRYPT_BATCH = 500
+MAX_LEASE_S = 900.0
 # What a refresh costs beyond the SSO timeout: the lock, the journal, the commit.
 REFRESH_OVERHEAD_S = 5.0
 
@@ -79,42 +78,6 @@ class RefreshSummary:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class ReencryptSummary:
-    """What :meth:`TokenStore.reencrypt_report` rewrote, and what it could not."""
-
-    tokens: int = 0
-    journal_entries: int = 0
-    pending_logins: int = 0
-    locked: int = 0
-
-    @property
-    def rewritten(self) -> int:
-        """Rows rewritten under the first key, over every table."""
-        return self.tokens + self.journal_entries + self.pending_logins
-
-    def __str__(self) -> str:
-        text = (
-            f"re-encrypted the secrets of {self.tokens} tokens, "
-            f"{self.journal_entries} refresh journal entries and "
-            f"{self.pending_logins} pending logins"
-        )
-        if self.locked:
-            text += (
-                f"; {self.locked} rows stayed locked by refreshes in flight and "
-                "were not re-encrypted: run it again before dropping the old key"
-            )
-        return text
-
-
-# Tables holding secrets: the table, its key column, its secret columns.
-_SECRET_TABLES = (
-    ("esi_token", "id", ("access_token", "refresh_token")),
-    ("esi_token_refresh_journal", "token_id", ("refresh_token",)),
-    ("esi_pending_login", "state", ("code_verifier",)),
-)
-
-
 class TokenUpkeep:
     """Bulk refresh for a :class:`~worker.tokens.TokenStore`.
 
@@ -127,6 +90,7 @@ class TokenUpkeep:
     def __init__(self, store: TokenStore, refresher: TokenRefresher) -> None:
         self._store = store
         self._refresher = refresher
+        self._secrets = SecretRewriter(store)
 
     def refresh_due(
         self, *, ahead_s: float | None, parallelism: int | None, batch_size: int
@@ -140,7 +104,7 @@ class TokenUpkeep:
         workers = self._workers(parallelism)
         batch_size, lease_s = self._batch_and_lease(batch_size, workers)
         counts: Counter[str] = Counter(no_refresh_expired=self._expire_unrefreshable())
-        self.encrypt_plaintext(limit=ENCRYPT_BATCH)
+        self._secrets.encrypt_plaintext(limit=ENCRYPT_BATCH)
 
         run, done = RefreshRun(), set[int]()
         window = (ahead_s, settings.refresh_spread_s)
@@ -183,58 +147,6 @@ class TokenUpkeep:
                 executor.map(lambda t: self._refresh_quietly(t, ahead_s, run), tokens)
             )
 
-    def encrypt_secrets(self, *, lock_timeout_s: float = 30.0) -> ReencryptSummary:
-        """Encrypt every secret not under the first key, in every table.
-
-        Rows locked by a refresh in flight are skipped at first, then
-        waited for up to ``lock_timeout_s`` each; those still locked are
-        counted in the summary (and logged), never silently left behind.
-        """
-        rewritten: dict[str, int] = {}
-        locked = 0
-        for table, key, columns in _SECRET_TABLES:
-            count, busy = self._reencrypt_table(table, key, columns, lock_timeout_s)
-            rewritten[table], locked = count, locked + busy
-        summary = ReencryptSummary(
-            tokens=rewritten["esi_token"],
-            journal_entries=rewritten["esi_token_refresh_journal"],
-            pending_logins=rewritten["esi_pending_login"],
-            locked=locked,
-        )
-        if summary.locked:
-            log.warning("%s", summary)
-        elif summary.rewritten:
-            log.info("%s", summary)
-        return summary
-
-    def encrypt_plaintext(self, *, limit: int) -> int:
-        """Encrypt up to ``limit`` token rows still in plaintext; how many.
-
-        Rows being refreshed are skipped: the refresh writes them encrypted.
-        """
-        cipher, rewritten = self._store.cipher, 0
-        with self._store.pool.connection() as conn, conn.transaction():
-            rows = conn.execute(
-                "SELECT id, access_token, refresh_token FROM esi_token"
-                " WHERE access_token NOT LIKE 'fernet:%%'"
-                " OR refresh_token NOT LIKE 'fernet:%%'"
-                " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (limit,),
-            ).fetchall()
-            for token_id, *values in rows:
-                # decrypt() passes plaintext through: one column may be
-                # encrypted already.
-                fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
-                conn.execute(
-                    "UPDATE esi_token SET access_token = %s, refresh_token = %s"
-                    " WHERE id = %s",
-                    (*fresh, token_id),
-                )
-                rewritten += 1
-        if rewritten:
-            log.info("encrypted the secrets of %d plaintext tokens", rewritten)
-        return rewritten
-
     def _workers(self, parallelism: int | None) -> int:
         """The refreshes to run at once, within what the database pool allows."""
         workers = parallelism or self._store.settings.refresh_parallelism
@@ -254,14 +166,15 @@ class TokenUpkeep:
         """A batch the run can finish within its lease, and that lease.
 
         The worst case of one refresh is the SSO timeout (plus our own
-        overhead); a batch gets at least a few such rounds, and the lease
-        grows to cover them when the timeout is long.
+        overhead); the lease covers that many rounds of the batch. Large
+        batches keep the refresh threads busy: each batch ends with a
+        drain while its last refreshes finish.
         """
         per_token_s = self._store.settings.sso_timeout_s + REFRESH_OVERHEAD_S
-        rounds = max(MIN_ROUNDS_PER_BATCH, int(CLAIM_LEASE_S // per_token_s))
-        batch_size = min(batch_size, workers * rounds)
+        most = workers * max(1, int(MAX_LEASE_S // per_token_s))
+        batch_size = min(batch_size, most)
         needed = math.ceil(batch_size / workers) * per_token_s
-        return batch_size, max(CLAIM_LEASE_S, needed)
+        return batch_size, min(MAX_LEASE_S, max(CLAIM_LEASE_S, needed))
 
     def _refresh_quietly(
         self, token: Token, ahead_s: float | None, run: RefreshRun
@@ -368,62 +281,6 @@ class TokenUpkeep:
                 (ids, claimed_at),
             )
         log.debug("released the leases of %d tokens left untouched", len(ids))
-
-    def _reencrypt_table(
-        self, table: str, key: str, columns: tuple[str, ...], lock_timeout_s: float
-    ) -> tuple[int, int]:
-        """Re-encrypt one table in batches; rows rewritten and rows left locked."""
-        with self._store.pool.connection() as conn:
-            keys = [r[0] for r in conn.execute(f"SELECT {key} FROM {table}")]  # type: ignore[arg-type]
-        rewritten, skipped = 0, []
-        for start in range(0, len(keys), ENCRYPT_BATCH):
-            chunk = keys[start : start + ENCRYPT_BATCH]
-            done, seen = self._reencrypt_rows(table, key, columns, chunk, None)
-            rewritten += done
-            skipped += [k for k in chunk if k not in seen]
-        locked = 0
-        for row_key in skipped:
-            try:
-                done, seen = self._reencrypt_rows(
-                    table, key, columns, [row_key], lock_timeout_s
-                )
-            except psycopg.errors.LockNotAvailable:
-                locked += 1
-                continue
-            rewritten += done
-        return rewritten, locked
-
-    def _reencrypt_rows(
-        self,
-        table: str,
-        key: str,
-        columns: tuple[str, ...],
-        keys: list[Any],
-        wait_s: float | None,
-    ) -> tuple[int, set[Any]]:
-        """Rewrite the rows of ``keys`` not under the first key; how many, and
-        which rows were seen (``wait_s`` None: skip locked ones)."""
-        cipher, rewritten = self._store.cipher, 0
-        lock = " FOR UPDATE SKIP LOCKED" if wait_s is None else " FOR UPDATE"
-        with self._store.pool.connection() as conn, conn.transaction():
-            if wait_s is not None:
-                conn.execute(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}")  # type: ignore[arg-type]
-            rows = conn.execute(
-                f"SELECT {key}, {', '.join(columns)} FROM {table}"  # type: ignore[arg-type]
-                f" WHERE {key} = ANY(%s){lock}",
-                (keys,),
-            ).fetchall()
-            for row_key, *values in rows:
-                if all(cipher.is_current(v) for v in values):
-                    continue
-                fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
-                assignments = ", ".join(f"{c} = %s" for c in columns)
-                conn.execute(
-                    f"UPDATE {table} SET {assignments} WHERE {key} = %s",  # type: ignore[arg-type]
-                    (*fresh, row_key),
-                )
-                rewritten += 1
-        return rewritten, {r[0] for r in rows}
 
     def _expire_unrefreshable(self) -> int:
         now = self._store.clock.now()
