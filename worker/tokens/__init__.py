@@ -2,8 +2,11 @@
 
 ``from worker.tokens import Token, TokenQuery, TokenStore`` is the public
 surface; the modules behind it are ``token`` (the model), ``query`` (the
-chainable query), ``store`` (adding, pruning), ``refresh`` (claim and
-refresh under the row lock), ``rows`` (shared SQL) and ``grants`` (input).
+chainable query), ``store`` (adding, merging, pruning), ``refresh`` (claim
+and refresh under the row lock), ``outcomes`` (the row writes a refresh
+ends with), ``journal`` (what an interrupted refresh leaves), ``upkeep``
+and ``bulk`` (bulk refresh runs), ``reencrypt`` (key rotation), ``rows``
+(shared SQL) and ``grants`` (input).
 """
 
 from __future__ import annotations
