@@ -85,14 +85,23 @@ class _Everything(logging.Handler):
 
 @pytest.fixture
 def everything() -> Iterator[_Everything]:
-    """The root logger at DEBUG with a plain handler, as a web app might set it."""
+    """Every logger at DEBUG into a plain handler, as a web app might set it.
+
+    The libraries' loggers are turned up too: an earlier CLI test in this
+    process may have set them to WARNING.
+    """
     root = logging.getLogger()
     handler, level = _Everything(), root.level
+    libraries = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    for name in libraries:
+        logging.getLogger(name).setLevel(logging.DEBUG)
     yield handler
     root.removeHandler(handler)
     root.setLevel(level)
+    for name, old in libraries.items():
+        logging.getLogger(name).setLevel(old)
 
 
 def test_a_library_user_logging_everything_at_debug_sees_no_secret(

@@ -133,12 +133,14 @@ def test_a_worker_killed_right_after_a_rejecting_rotation_reports_a_new_login(
     assert token_count(store) == 1
 
 
+@pytest.mark.parametrize("rotation", ["off", "rotate", "rotate_reject_old"])
 @pytest.mark.parametrize("esi_settings_overrides", [{"db_pool_max": 4}])
 def test_worker_processes_racing_over_the_same_tokens_call_the_sso_once_each(
-    emulator, store, child, tmp_path
+    emulator, store, child, tmp_path, rotation
 ):
-    # given twenty expired tokens and four worker processes ready to go
-    emulator.configure(sso_latency_s=0.05, rotation="rotate_reject_old")
+    # given twenty expired tokens and four worker processes ready to go,
+    # whatever the SSO does with used refresh tokens
+    emulator.configure(sso_latency_s=0.05, rotation=rotation)
     tokens = [_grant_token(emulator, store, 93000000 + n) for n in range(20)]
     go = tmp_path / "go"
     procs = [child("refresh-due", go) for _ in range(4)]
@@ -157,12 +159,13 @@ def test_worker_processes_racing_over_the_same_tokens_call_the_sso_once_each(
     assert all(stored(store, t).state == VALID for t in tokens)
 
 
+@pytest.mark.parametrize("rotation", ["off", "rotate", "rotate_reject_old"])
 @pytest.mark.parametrize("esi_settings_overrides", [{"db_pool_max": 4}])
 def test_processes_asking_one_token_for_its_access_token_call_the_sso_once(
-    emulator, store, child, tmp_path
+    emulator, store, child, tmp_path, rotation
 ):
     # given one expired token, a slow SSO and five processes holding it
-    emulator.configure(sso_latency_s=0.3, rotation="rotate_reject_old")
+    emulator.configure(sso_latency_s=0.3, rotation=rotation)
     token = _grant_token(emulator, store, 93100001)
     go = tmp_path / "go"
     procs = [child("use-token", token.id, go) for _ in range(5)]
