@@ -287,3 +287,44 @@ def test_an_undecryptable_journal_entry_does_not_block_the_refresh(
 
     # then the refresh went on with the stored refresh token
     assert fresh.state == VALID and not fresh.expired
+
+
+def test_a_token_under_a_dropped_key_does_not_stop_the_others(
+    emulator, settings, clean_db
+):
+    # given a token written under a key since dropped, and one under the
+    # key in use, both due
+    def grant(character_id: int) -> dict:
+        g = emulator.create_grant(
+            character_id, "Key Pilot", ["esi-assets.read_assets.v1"]
+        )
+        return {
+            "access_token": g.access_token,
+            "refresh_token": g.refresh_token,
+            "character_id": g.character_id,
+            "character_name": g.character_name,
+            "character_owner_hash": g.owner_hash,
+            "scopes": list(g.scopes),
+            "access_expires": g.expires_at,
+        }
+
+    lost = _store(settings, clean_db, [OLD_KEY]).add(**grant(95200001))
+    store = _store(settings, clean_db, [NEW_KEY])
+    kept = store.add(**grant(95200002))
+
+    # when due tokens are refreshed, twice
+    first = store.refresh_due()
+    second = store.refresh_due()
+
+    # then the readable one was refreshed; the other is reported, left
+    # alone for a while, and otherwise untouched
+    assert (first.success, first.config_error) == (1, 1)
+    assert second.total == 0
+    assert not store.get(kept.id).expired
+    with clean_db.connection() as conn:
+        state, error, retry = conn.execute(
+            "SELECT state, last_refresh_error, next_refresh_attempt"
+            " FROM esi_token WHERE id = %s",
+            (lost.id,),
+        ).fetchone()
+    assert state == VALID and "ESI_WORKER_TOKEN_KEYS" in error and retry is not None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from ..errors import ConfigurationError
+
 if TYPE_CHECKING:
     from .store import TokenStore
 
@@ -103,8 +105,12 @@ class SecretRewriter:
             ).fetchall()
             for token_id, *values in rows:
                 # decrypt() passes plaintext through: one column may be
-                # encrypted already.
-                fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
+                # encrypted already, maybe under a key since dropped (the
+                # refresh run reports such a token).
+                try:
+                    fresh = [cipher.encrypt(cipher.decrypt(v)) for v in values]
+                except ConfigurationError:
+                    continue
                 conn.execute(
                     "UPDATE esi_token SET access_token = %s, refresh_token = %s"
                     " WHERE id = %s",

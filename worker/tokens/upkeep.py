@@ -8,7 +8,7 @@ import logging
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ConfigurationError,
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # token from being refreshed by two runs.
 CLAIM_LEASE_S = 120.0
 MAX_LEASE_S = 900.0
+# How long a token whose secrets no configured key opens is left alone.
+UNREADABLE_RETRY_S = 3600.0
 # What a refresh costs beyond the SSO timeout: the lock, the journal, the commit.
 REFRESH_OVERHEAD_S = 5.0
 
@@ -109,8 +111,12 @@ class TokenUpkeep:
         run, done = RefreshRun(), set[int]()
         window = (ahead_s, settings.refresh_spread_s)
         while not run.stopped:
-            batch, claimed = self._claim_due(window, batch_size, lease_s, done)
-            if not batch:
+            batch, claimed, unreadable = self._claim_due(
+                window, batch_size, lease_s, done
+            )
+            counts["config_error"] += len(unreadable)
+            done.update(unreadable)
+            if not batch and not unreadable:
                 break
             done.update(token.id for token in batch)
             log.debug("claimed %d tokens to refresh", len(batch))
@@ -214,9 +220,10 @@ class TokenUpkeep:
         batch_size: int,
         lease_s: float,
         done: set[int],
-    ) -> tuple[list[Token], tuple[dt.datetime, dt.datetime]]:
+    ) -> tuple[list[Token], tuple[dt.datetime, dt.datetime], list[int]]:
         """Lease a batch of due tokens, journal their refreshes as started;
-        the tokens, and the claim's time and lease.
+        the tokens, the claim's time and lease, and the ids of tokens set
+        aside as unreadable (see :meth:`_readable`).
 
         A token is due once its access token expires within ``ahead_s``,
         or within ``ahead_s`` plus its share of ``spread_s``. The journal
@@ -254,8 +261,53 @@ class TokenUpkeep:
                     now,
                 ),
             ).fetchall()
-        tokens = [token_from_row(self._store, r) for r in rows]
-        return sorted(tokens, key=lambda t: t.access_expires), (now, lease_until)
+        tokens, unreadable = self._readable(rows, now)
+        tokens.sort(key=lambda t: t.access_expires)
+        return tokens, (now, lease_until), unreadable
+
+    def _readable(
+        self, rows: list[Any], claimed_at: dt.datetime
+    ) -> tuple[list[Token], list[int]]:
+        """The claimed tokens whose secrets open; the others are set aside.
+
+        One token written under a key that was since dropped must not stop
+        the refresh of all the others: it is logged, noted on its row and
+        left alone for a while, nothing else about it changes.
+        """
+        tokens, unreadable = [], []
+        for row in rows:
+            try:
+                tokens.append(token_from_row(self._store, row))
+            except ConfigurationError as exc:
+                unreadable.append(row[0])
+                reason = str(exc)
+        if unreadable:
+            self._set_aside(unreadable, claimed_at, reason)
+        return tokens, unreadable
+
+    def _set_aside(
+        self, token_ids: list[int], claimed_at: dt.datetime, reason: str
+    ) -> None:
+        retry_at = claimed_at + dt.timedelta(seconds=UNREADABLE_RETRY_S)
+        with self._store.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE esi_token SET last_refresh_error = %s,"
+                " next_refresh_attempt = %s WHERE id = ANY(%s)",
+                (reason[:500], retry_at, token_ids),
+            )
+            conn.execute(
+                "DELETE FROM esi_token_refresh_journal WHERE token_id = ANY(%s)"
+                " AND started = %s AND refresh_token IS NULL",
+                (token_ids, claimed_at),
+            )
+        for token_id in token_ids:
+            log.error(
+                "token %r cannot be refreshed: its secrets open with none of the "
+                "configured keys (ESI_WORKER_TOKEN_KEYS); retrying at %s",
+                token_id,
+                retry_at.isoformat(),
+                extra={"token_id": token_id},
+            )
 
     def _release(
         self,
