@@ -3,20 +3,26 @@
 Each job and subject (a character, token or corporation) gets a phase
 from a hash of both, so a thousand characters on an hourly job are spread
 over the hour instead of all asking ESI at its top, and a character keeps
-its minute from one restart to the next.
+its minute from one restart to the next. Cron schedules of fan-out jobs
+are spread the same way, over the smallest gap between two fire times.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import itertools
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-# A cron schedule caught up after a long outage is walked slot by slot;
-# past this many slots it jumps, since only the newest slot matters.
-_MAX_CRON_STEPS = 10_000
+MIN_INTERVAL_S = 1.0
+# The gaps of a cron line are measured over this many fire times from a
+# fixed instant, so every process finds the same spread.
+_GAP_SAMPLE = 64
+_REFERENCE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 def stable_fraction(job: str, subject: int) -> float:
@@ -25,19 +31,46 @@ def stable_fraction(job: str, subject: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+@functools.lru_cache(maxsize=1024)
+def schedule_of(
+    interval_s: float = 3600.0,
+    cron: str | None = None,
+    jitter_s: float = 0.0,
+    *,
+    spread_cron: bool = False,
+) -> Schedule:
+    """The :class:`Schedule` for these values, built (and its cron parsed) once.
+
+    :raises ValueError: for an invalid interval or cron line.
+    """
+    return Schedule(interval_s, cron, jitter_s, spread_cron=spread_cron)
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """An interval or a crontab line (UTC), and the window runs are spread over."""
+    """An interval or a crontab line (UTC), and the window runs are spread over.
+
+    :param spread_cron: without jitter, spread a cron schedule's subjects
+        over its smallest gap (fan-out jobs) instead of not at all.
+    """
 
     interval_s: float = 3600.0
     cron: str | None = None
     jitter_s: float = 0.0
+    spread_cron: bool = False
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
-            raise ValueError("interval must be positive")
+        if not math.isfinite(self.interval_s) or self.interval_s <= 0:
+            raise ValueError(
+                f"interval must be positive and finite, got {self.interval_s!r}"
+            )
+        if self.interval_s < MIN_INTERVAL_S:
+            raise ValueError(
+                f"interval must be at least {MIN_INTERVAL_S:g} s, "
+                f"got {self.interval_s:g} s"
+            )
         if self.cron is not None:
-            self._trigger  # noqa: B018 - parse now, so a bad line fails early
+            self._check_cron()
 
     def describe(self) -> str:
         """A short text for listings: ``every 3600 s`` or ``cron '5 11 * * *'``."""
@@ -47,11 +80,20 @@ class Schedule:
         return f"every {self.interval_s:.0f} s"
 
     @property
+    def period_s(self) -> float:
+        """The interval, or the smallest gap between two fire times of the cron."""
+        if self.cron is None:
+            return self.interval_s
+        return self._smallest_gap_s
+
+    @property
     def window_s(self) -> float:
-        """Width of the phase window: the jitter, else the period for intervals."""
+        """Width of the phase window: the jitter, else the period if spread."""
         if self.jitter_s:
             return self.jitter_s
-        return 0.0 if self.cron is not None else self.interval_s
+        if self.cron is None or self.spread_cron:
+            return self.period_s
+        return 0.0
 
     def phase_s(self, job: str, subject: int) -> float:
         """The subject's stable offset into the window."""
@@ -64,9 +106,8 @@ class Schedule:
             period, offset = _us(self.interval_s), _us(phase)
             k = (_us_since_epoch(after) - offset) // period + 1
             return _EPOCH + dt.timedelta(microseconds=k * period + offset)
-        shifted = after - dt.timedelta(seconds=phase)
-        fire = self._trigger.get_next_fire_time(None, shifted + _EPSILON)
-        return fire.astimezone(dt.UTC) + dt.timedelta(seconds=phase)
+        shift = dt.timedelta(seconds=phase)
+        return self._fire_after(after - shift) + shift
 
     def latest_at_or_before(
         self, job: str, subject: int, now: dt.datetime, since: dt.datetime
@@ -74,7 +115,8 @@ class Schedule:
         """The newest slot in ``(since, now]``, or ``None`` when there is none.
 
         However many slots an outage skipped, only the newest is returned:
-        the backlog collapses into one run.
+        the backlog collapses into one run. A cron line is searched, not
+        walked, so a week missed costs a few dozen look-ups.
         """
         first = self.next_after(job, subject, since)
         if first > now:
@@ -83,20 +125,50 @@ class Schedule:
             period, offset = _us(self.interval_s), _us(self.phase_s(job, subject))
             k = (_us_since_epoch(now) - offset) // period
             return _EPOCH + dt.timedelta(microseconds=k * period + offset)
-        return self._walk(job, subject, first, now)
+        shift = dt.timedelta(seconds=self.phase_s(job, subject))
+        return self._newest_fire(first - shift, now - shift) + shift
 
-    def _walk(
-        self, job: str, subject: int, slot: dt.datetime, now: dt.datetime
-    ) -> dt.datetime:
-        for _ in range(_MAX_CRON_STEPS):
-            following = self.next_after(job, subject, slot)
-            if following > now:
-                return slot
-            slot = following
-        # Still behind after many slots: restart the walk one day back.
-        return self._walk(
-            job, subject, self.next_after(job, subject, now - dt.timedelta(days=1)), now
-        )
+    def _newest_fire(self, first: dt.datetime, at: dt.datetime) -> dt.datetime:
+        """The newest fire time in ``[first, at]``; ``first`` is a fire time."""
+        following = self._fire_after(first)
+        if following > at:
+            return first  # the usual case: one slot since the last run
+
+        # Widen a window back from ``at`` until it holds a fire time...
+        gap = dt.timedelta(seconds=self.period_s)
+        width, low = gap, first
+        while at - width > first:
+            if self._fire_after(at - width) <= at:
+                low = at - width
+                break
+            width *= 2
+        # ...then halve it: a fire lies in (low, at], none in (high, at].
+        high = at
+        while high - low > gap:
+            middle = low + (high - low) / 2
+            if self._fire_after(middle) <= at:
+                low = middle
+            else:
+                high = middle
+        return self._fire_after(low)
+
+    def _fire_after(self, instant: dt.datetime) -> dt.datetime:
+        fire = self._trigger.get_next_fire_time(None, instant + _EPSILON)
+        if fire is None:  # excluded by _check_cron; kept for the type checker
+            raise ValueError(f"cron expression {self.cron!r} never fires")
+        return fire.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+    def _check_cron(self) -> None:
+        trigger = self._trigger
+        if trigger.get_next_fire_time(None, _REFERENCE) is None:
+            raise ValueError(f"cron expression {self.cron!r} never fires")
+
+    @cached_property
+    def _smallest_gap_s(self) -> float:
+        fires = [self._fire_after(_REFERENCE)]
+        for _ in range(_GAP_SAMPLE):
+            fires.append(self._fire_after(fires[-1]))
+        return min((b - a).total_seconds() for a, b in itertools.pairwise(fires))
 
     @cached_property
     def _trigger(self) -> Any:
@@ -105,7 +177,7 @@ class Schedule:
         assert self.cron is not None
         try:
             return CronTrigger.from_crontab(self.cron, timezone=dt.UTC)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"invalid cron expression {self.cron!r}: {exc}") from None
 
 
