@@ -3,7 +3,10 @@
 The leader holds a session-level advisory lock on a connection of its
 own. PostgreSQL releases the lock when that session ends, so a leader
 that dies (even by SIGKILL, or by losing the network) frees the lock and
-a follower, which tries again on every tick, takes over.
+a follower, which tries again on every tick, takes over. A leader cut
+off by the network is noticed by TCP keepalives on both ends of its
+session (PostgreSQL would otherwise keep the session, and the lock, for
+the kernel's two hours).
 """
 
 from __future__ import annotations
@@ -14,12 +17,47 @@ import threading
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .db import describe_database
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
+# A silent peer is given up after about a minute, on both ends: libpq's
+# keepalives for this process, the server's own (set for the session
+# through ``options``) for PostgreSQL, which holds the lock.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
+USER_TIMEOUT_MS = 60_000
+SESSION_OPTIONS = (
+    f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S}"
+    f" -c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S}"
+    f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+    f" -c tcp_user_timeout={USER_TIMEOUT_MS}"
+)
+
+
+def session_connection(url: str, name: str) -> psycopg.Connection[Any]:
+    """An autocommit connection for a session-level lock, with TCP keepalives.
+
+    :param name: the role, shown with the pid in ``pg_stat_activity``.
+    :raises psycopg.Error: when PostgreSQL cannot be reached.
+    """
+    given = conninfo_to_dict(url).get("options")
+    options = f"{given} {SESSION_OPTIONS}" if given else SESSION_OPTIONS
+    return psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        # The pid lets an operator find the process from pg_locks.
+        application_name=f"esi-worker {name} pid={os.getpid()}",
+        keepalives=1,
+        keepalives_idle=KEEPALIVE_IDLE_S,
+        keepalives_interval=KEEPALIVE_INTERVAL_S,
+        keepalives_count=KEEPALIVE_COUNT,
+        tcp_user_timeout=USER_TIMEOUT_MS,
+        options=options,
+    )
 
 
 class Leadership:
@@ -65,13 +103,7 @@ class Leadership:
     def _try_acquire(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(
-                    self._url,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                    # The pid lets an operator find the leader from pg_locks.
-                    application_name=f"esi-worker {self._name} pid={os.getpid()}",
-                )
+                self._conn = session_connection(self._url, self._name)
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s)", (self._key,)
             ).fetchone()

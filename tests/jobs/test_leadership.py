@@ -170,3 +170,37 @@ class _NoSend:
 
     def enqueue(self, *args: Any, **kwargs: Any) -> None:
         pass
+
+
+def test_lock_sessions_give_up_a_silent_peer_within_about_a_minute(
+    frozen_runtime: Runtime,
+) -> None:
+    from worker.leader import session_connection
+
+    # when: a session for a lock is opened (the leader's and the run holder's)
+    conn = session_connection(frozen_runtime.settings.database_url, "probe")
+    try:
+        server = {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in (
+                "tcp_keepalives_idle",
+                "tcp_keepalives_interval",
+                "tcp_keepalives_count",
+                "tcp_user_timeout",
+            )
+        }
+        client = {
+            o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info
+        }
+    finally:
+        conn.close()
+
+    # then: PostgreSQL drops the session (and its lock) when the peer goes
+    # silent, and libpq notices a dead server, both within about a minute
+    assert server == {
+        "tcp_keepalives_idle": "30",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+    }
+    assert client["keepalives"] == "1" and client["tcp_user_timeout"] == "60000"

@@ -6,6 +6,12 @@ A run's ``state`` is ``queued`` (planned, message sent), ``running``
 subject)`` over ``queued``/``running`` is what stops pile-ups, even between
 two schedulers. ``subject`` is 0 for once-jobs, else the character, token
 or corporation id the run is for.
+
+``esi_job_plan`` points at the newest planned run of each job and subject
+(a trigger keeps it), so the plan is read without scanning the history.
+A run's ``holder`` is the process running it (see
+:mod:`worker.jobs.holders`): a result is recorded only while the run is
+still open, and the scheduler closes a run only when its holder is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg.rows import dict_row
+
+from .holders import HOLDER_GONE
 
 if TYPE_CHECKING:
     import psycopg
@@ -36,6 +44,7 @@ class PlannedRun:
     character_id: int | None = None
     corporation_id: int | None = None
     attempt: int = 0
+    deferrals: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,12 +62,15 @@ class RunRecord:
     outcome: str | None = None
     next_due: dt.datetime | None = None
     enqueued: dt.datetime | None = None
+    deferrals: int = 0
+    holder: int | None = None
 
 
 _COLUMNS = (
     "id, job, subject, character_id, corporation_id, due, attempt, state,"
-    " outcome, next_due, enqueued"
+    " outcome, next_due, enqueued, deferrals, holder"
 )
+_OPEN = "state IN ('running', 'adhoc')"
 
 
 def queue_run(
@@ -67,7 +79,8 @@ def queue_run(
     """Record ``run`` as queued; ``None`` when one is already queued or running."""
     row = conn.execute(
         "INSERT INTO esi_job_run (job, subject, character_id, corporation_id, due,"
-        " attempt, state, enqueued) VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s)"
+        " attempt, deferrals, state, enqueued)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'queued', %s)"
         " ON CONFLICT (job, subject) WHERE state IN ('queued', 'running') DO NOTHING"
         " RETURNING id",
         (
@@ -77,19 +90,22 @@ def queue_run(
             run.corporation_id,
             run.due,
             run.attempt,
+            run.deferrals,
             now,
         ),
     ).fetchone()
     return int(row[0]) if row else None
 
 
-def claim_run(pool: ConnectionPool, run_id: int, now: dt.datetime) -> RunRecord | None:
-    """Move a queued run to running; ``None`` if another message got it first."""
+def claim_run(
+    pool: ConnectionPool, run_id: int, now: dt.datetime, holder: int | None = None
+) -> RunRecord | None:
+    """Move a queued run to running by ``holder``; ``None`` if another got it first."""
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "UPDATE esi_job_run SET state = 'running', started = %s"
+            "UPDATE esi_job_run SET state = 'running', started = %s, holder = %s"
             f" WHERE id = %s AND state = 'queued' RETURNING {_COLUMNS}",
-            (now, run_id),
+            (now, holder, run_id),
         ).fetchone()
     return RunRecord(**row) if row else None
 
@@ -97,19 +113,55 @@ def claim_run(pool: ConnectionPool, run_id: int, now: dt.datetime) -> RunRecord 
 def start_adhoc(
     pool: ConnectionPool,
     job: str,
-    character_id: int | None,
+    run: PlannedRun,
     enqueued: dt.datetime | None,
     now: dt.datetime,
+    holder: int | None = None,
 ) -> RunRecord:
-    """Record a run started outside the plan (by hand, or by an old message)."""
+    """Record a run started outside the plan (by hand, or by an old message).
+
+    ``run`` says whom it is for; its ``due`` is not recorded (no slot).
+    """
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            "INSERT INTO esi_job_run (job, subject, character_id, enqueued, started,"
-            f" state) VALUES (%s, %s, %s, %s, %s, 'adhoc') RETURNING {_COLUMNS}",
-            (job, character_id or 0, character_id, enqueued, now),
+            "INSERT INTO esi_job_run (job, subject, character_id, corporation_id,"
+            " enqueued, started, state, holder)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, 'adhoc', %s) RETURNING {_COLUMNS}",
+            (
+                job,
+                run.subject,
+                run.character_id,
+                run.corporation_id,
+                enqueued,
+                now,
+                holder,
+            ),
         ).fetchone()
     assert row is not None
     return RunRecord(**row)
+
+
+def move_due(pool: ConnectionPool, run_id: int, due: dt.datetime) -> None:
+    """Let a claimed run stand for a newer slot (its message waited past it)."""
+    with pool.connection() as conn:
+        conn.execute("UPDATE esi_job_run SET due = %s WHERE id = %s", (due, run_id))
+
+
+def mark_timed_out(
+    pool: ConnectionPool, run_id: int, now: dt.datetime, error: str
+) -> bool:
+    """Record a run still in progress as failed by its timeout.
+
+    The run stays open (running): its thread may still be inside the job,
+    and until it is out no other run of the subject may start.
+    """
+    with pool.connection() as conn:
+        cur = conn.execute(
+            "UPDATE esi_job_run SET outcome = 'failure', error = %s, finished = %s"
+            f" WHERE id = %s AND {_OPEN} AND outcome IS NULL",
+            (error, now, run_id),
+        )
+    return cur.rowcount == 1
 
 
 def finish_run(
@@ -122,28 +174,37 @@ def finish_run(
     stats: RunStats | None = None,
     next_due: dt.datetime | None = None,
     deferred_reason: str | None = None,
-) -> None:
-    """Record how a run ended and, if set, when its job and subject are due next."""
+) -> bool:
+    """Record how a run ended and, if set, when its job and subject are due next.
+
+    :returns: ``False`` when the run was no longer open (the scheduler
+        closed it as abandoned): a late result never rewrites a record.
+    """
     counts = (
         (stats.pages, stats.items, stats.esi_calls, stats.cache_hits)
         if stats
         else (0, 0, 0, 0)
     )
     with pool.connection() as conn:
-        conn.execute(
+        cur = conn.execute(
             "UPDATE esi_job_run SET state = 'finished', finished = %s, outcome = %s,"
             " error = %s, pages = %s, items = %s, esi_calls = %s, cache_hits = %s,"
-            " next_due = %s, deferred_reason = %s WHERE id = %s",
+            f" next_due = %s, deferred_reason = %s WHERE id = %s AND {_OPEN}",
             (now, outcome, error, *counts, next_due, deferred_reason, run_id),
         )
+    return cur.rowcount == 1
 
 
 def latest_planned(conn: psycopg.Connection[Any], job: str) -> dict[int, RunRecord]:
-    """The newest planned run of ``job`` per subject: where its plan stands."""
+    """The newest planned run of ``job`` per subject: where its plan stands.
+
+    One row per subject from ``esi_job_plan``, however long the history.
+    """
+    columns = ", ".join(f"r.{name.strip()}" for name in _COLUMNS.split(","))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"SELECT DISTINCT ON (subject) {_COLUMNS} FROM esi_job_run"
-            " WHERE job = %s AND due IS NOT NULL ORDER BY subject, id DESC",
+            f"SELECT {columns} FROM esi_job_plan p"
+            " JOIN esi_job_run r ON r.id = p.run_id WHERE p.job = %s",
             (job,),
         ).fetchall()
     return {row["subject"]: RunRecord(**row) for row in rows}
@@ -179,13 +240,27 @@ def abandon_running(
     job: str,
     started_before: dt.datetime,
     now: dt.datetime,
+    *,
+    max_retries: int = 0,
+    retry_backoff_s: float = 0.0,
 ) -> int:
-    """Close runs of ``job`` running since before ``started_before`` (worker died)."""
+    """Close the open runs of ``job`` whose process is gone; returns how many.
+
+    A run with a holder is closed as soon as no session holds the
+    holder's lock, however long ago it started, and never while one
+    does; a run without one (older versions) once it started before
+    ``started_before``. A planned run is retried by the job's policy.
+    A timeout already recorded is kept as the error.
+    """
     cur = conn.execute(
-        "UPDATE esi_job_run SET state = 'finished', finished = %s, outcome = 'failure',"
-        " error = 'abandoned: no result within the job timeout'"
-        " WHERE job = %s AND state IN ('running', 'adhoc') AND started < %s",
-        (now, job, started_before),
+        "UPDATE esi_job_run r SET state = 'finished', finished = %s,"
+        " outcome = 'failure', error = COALESCE(r.error,"
+        " 'abandoned: its worker stopped before recording a result'),"
+        " next_due = CASE WHEN r.due IS NOT NULL AND r.attempt < %s"
+        " THEN %s + make_interval(secs => %s * power(2, r.attempt)) END"
+        f" WHERE r.job = %s AND r.{_OPEN} AND CASE WHEN r.holder IS NULL"
+        f" THEN r.started < %s ELSE {HOLDER_GONE} END",
+        (now, max_retries, now, retry_backoff_s, job, started_before),
     )
     return cur.rowcount
 
@@ -194,8 +269,7 @@ def trim_runs(conn: psycopg.Connection[Any], before: dt.datetime) -> int:
     """Delete finished runs older than ``before``, except each plan's newest."""
     cur = conn.execute(
         "DELETE FROM esi_job_run r WHERE r.state = 'finished' AND r.finished < %s"
-        " AND r.id NOT IN (SELECT DISTINCT ON (job, subject) id FROM esi_job_run"
-        " WHERE due IS NOT NULL ORDER BY job, subject, id DESC)",
+        " AND NOT EXISTS (SELECT 1 FROM esi_job_plan p WHERE p.run_id = r.id)",
         (before,),
     )
     return cur.rowcount
