@@ -237,3 +237,106 @@ def _logs(tmp_path: Path) -> str:
         f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
         for p in sorted(tmp_path.glob("*.log"))
     )
+
+
+@pytest.fixture
+def hang_environment(
+    environment: dict[str, str], tmp_path: Path
+) -> dict[str, str]:
+    """Two plugin jobs that outlive their 2 s timeout: one busy in Python,
+    one blocked in a sleep no interruption reaches."""
+    site = tmp_path / "hang_site"
+    (site / "hang_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "hang_plugin.py").write_text(
+        textwrap.dedent(f"""
+        import time
+        from worker.jobs import job
+
+        @job(every={INTERVAL_S}, timeout=2)
+        def probe_busy(ctx):
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                sum(range(1000))
+
+        @job(every={INTERVAL_S}, timeout=2)
+        def probe_sleep(ctx):
+            time.sleep(4)
+    """)
+    )
+    (site / "hang_plugin-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: hang-plugin\nVersion: 1.0\n"
+    )
+    (site / "hang_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[esi_worker.jobs]\nprobe_busy = hang_plugin:probe_busy\n"
+        "probe_sleep = hang_plugin:probe_sleep\n"
+    )
+    return {
+        **environment,
+        "PYTHONPATH": str(site),
+        "ESI_WORKER_CONTACT_EMAIL": "tests@example.invalid",
+    }
+
+
+@pytest.mark.parametrize("deployment", ["procfile", "run"])
+def test_job_timeouts_are_enforced_by_worker_processes_and_by_run(
+    hang_environment: dict[str, str],
+    settings: Any,
+    tmp_path: Path,
+    deployment: str,
+) -> None:
+    # given: the Procfile's worker and scheduler on Redis, or 'run' alone
+    procs = []
+    if deployment == "procfile":
+        roles = (["worker"], ["scheduler"])
+        env = hang_environment
+    else:
+        roles = (["run"],)
+        env = {k: v for k, v in hang_environment.items() if k != "ESI_WORKER_BROKER_URL"}
+    for role in roles:
+        with open(tmp_path / f"{role[0]}-hang.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "worker", *role],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        # when: both jobs ran past their timeout
+        busy = _wait_for(
+            lambda: _finished_runs(settings, "probe_busy"), 60, "busy run", tmp_path
+        )
+        sleepy = _wait_for(
+            lambda: len(_finished_runs(settings, "probe_sleep")) >= 2 and
+            _finished_runs(settings, "probe_sleep"),
+            60,
+            "two sleeping runs",
+            tmp_path,
+        )
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    # then: the busy run was stopped at its timeout and recorded so
+    started, finished, outcome, error = busy[0]
+    assert (outcome, error) == ("failure", "timed out after 2 s")
+    assert (finished - started).total_seconds() < 30
+    # and: the blocked runs were recorded as timed out, one after another
+    assert {(o, e) for _, _, o, e in sleepy} == {("failure", "timed out after 2 s")}
+    for (_, end, _, _), (start, _, _, _) in itertools.pairwise(sleepy):
+        assert start >= end
+
+
+def _finished_runs(settings: Any, job: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(
+            "SELECT started, finished, outcome, error FROM esi_job_run"
+            " WHERE job = %s AND state = 'finished' ORDER BY started",
+            (job,),
+        ).fetchall()

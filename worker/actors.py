@@ -20,6 +20,10 @@ from .runtime import current
 log = logging.getLogger(__name__)
 
 QUEUE = "esi_worker"
+# Timeouts are enforced by the run's own watchdog (worker.jobs.watchdog);
+# dramatiq's time limit, should its CLI ever boot these actors, only
+# backs it up, this long after the job's timeout.
+TIME_LIMIT_GRACE_S = 60.0
 REFRESH_JOB = "refresh_tokens"
 PRUNE_JOB = "prune_tokens"
 
@@ -35,11 +39,11 @@ class Actors:
     def enqueue(
         self, job: Job, character_id: int | None = None, *, run_id: int | None = None
     ) -> None:
-        """Send one run of ``job``; the time limit follows the job's timeout."""
+        """Send one run of ``job`` (its timeout is enforced where it runs)."""
         enqueued = dt.datetime.now(dt.UTC).isoformat()
         self.run_job.send_with_options(
             args=(job.name, character_id, enqueued, run_id),
-            time_limit=int(job.timeout_s * 1000),
+            time_limit=int((job.timeout_s + TIME_LIMIT_GRACE_S) * 1000),
         )
         log.debug(
             "run %r of job %r sent",

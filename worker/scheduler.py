@@ -8,7 +8,10 @@ the same transaction that read the plan, under a per-job transaction
 lock, and only then sent. So a second scheduler, a restarted one or a
 new leader computes the same plan from the same rows and enqueues
 nothing twice; a run whose message was lost is sent again and a worker
-drops any copy of a run already claimed.
+drops any copy of a run already claimed. A run is closed as abandoned only
+once the process running it is gone (its holder lock is free), never
+while it may still be inside the job: no second run of a subject starts
+beside it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# A run still running this long past its job's timeout lost its worker.
+# A run recorded without a holder (older versions) still running this
+# long past its job's timeout lost its worker.
 ABANDON_GRACE_S = 120.0
 TRIM_EVERY_S = 3600.0
 # On taking over, slots this many ticks back are re-examined: the old
@@ -200,10 +204,19 @@ class JobScheduler:
     def _close_abandoned(self, conn: Any, now: dt.datetime) -> None:
         for job in self._jobs.values():
             limit = now - dt.timedelta(seconds=job.timeout_s + ABANDON_GRACE_S)
-            if abandon_running(conn, job.name, limit, now):
+            closed = abandon_running(
+                conn,
+                job.name,
+                limit,
+                now,
+                max_retries=job.max_retries,
+                retry_backoff_s=job.retry_backoff_s,
+            )
+            if closed:
                 log.warning(
-                    "job %r: runs without a result past the timeout closed as failed",
+                    "job %r: %d runs whose worker stopped closed as failed",
                     job.name,
+                    closed,
                     extra={"job": job.name},
                 )
 
@@ -244,7 +257,12 @@ class JobScheduler:
             return None
         slot = schedule.latest_at_or_before(job.name, subject, now, latest.due or now)
         due = max(d for d in (latest.next_due, slot) if d is not None)
-        return replace(template, due=due, attempt=_attempt(latest))
+        return replace(
+            template,
+            due=due,
+            attempt=_attempt(latest),
+            deferrals=latest.deferrals + 1 if latest.outcome == DEFERRED else 0,
+        )
 
     def _send(self, job: Job, run_id: int, run: PlannedRun) -> int:
         self._actors.enqueue(job, run.character_id, run_id=run_id)
@@ -274,16 +292,23 @@ class JobScheduler:
 
 
 def next_run(runtime: Runtime, job: Job, now: dt.datetime) -> dt.datetime | None:
-    """The earliest next due time of ``job`` known from its run records.
+    """The earliest next due time of ``job``: from its run records, and for
+    subjects never planned, their first slot.
 
-    ``None`` when the job has never been planned and waits for its first slot.
+    ``None`` when there is nobody to run it for (a fan-out job whose scopes
+    no token holds).
     """
     schedule = job.schedule(runtime.settings.job_intervals.get(job.name))
     with runtime.pool.connection() as conn:
         latest = latest_planned(conn, job.name)
-    if not latest:
-        return now if job.fan_out is FanOut.ONCE and not job.cron else None
-    return min(_next_due(job, schedule, record) for record in latest.values())
+    due = [_next_due(job, schedule, record) for record in latest.values()]
+    if job.fan_out is FanOut.ONCE:
+        if not latest:
+            due.append(now if not job.cron else schedule.next_after(job.name, 0, now))
+    else:
+        fresh = set(subjects(runtime, job)) - set(latest)
+        due += [schedule.next_after(job.name, subject, now) for subject in fresh]
+    return min(due, default=None)
 
 
 def _next_due(job: Job, schedule: Schedule, latest: RunRecord) -> dt.datetime:

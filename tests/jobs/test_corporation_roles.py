@@ -189,3 +189,72 @@ def test_a_member_with_a_dead_grant_is_passed_over_for_the_next(
         (CORPORATION, "success")
     ]
     assert probe.calls == [(CORPORATION, 2117692215)]
+
+
+def test_the_roles_of_the_routes_come_from_the_spec_and_one_of_them_is_enough(
+    runtime: Runtime, emulator: Emulator, make_token: Any
+) -> None:
+    # given: a job naming the wallets route only (ESI: Accountant or
+    # Junior_Accountant), and members holding Trader / Junior_Accountant
+    emulator.configure(
+        character_roles={"2113024536": ["Trader"], "2117692215": ["Junior_Accountant"]}
+    )
+    _member_tokens(make_token, first=2113024536)
+    calls: list[int] = []
+
+    @job(
+        "route_wallets",
+        scopes=WALLETS,
+        fan_out="per_corporation",
+        routes=["/corporations/{corporation_id}/wallets/"],
+        every=600,
+    )
+    def route_wallets(ctx: JobContext) -> None:
+        assert ctx.token is not None
+        calls.append(ctx.token.character_id)
+        wallets = ctx.esi.Wallet.get_corporations_corporation_id_wallets
+        try:
+            wallets(corporation_id=ctx.corporation_id).result()
+        except HTTPError as exc:
+            if exc.status != 404:
+                raise
+
+    # when
+    _planned, runs = _plan_and_run(runtime, route_wallets)
+
+    # then: the roles were read from the spec, the junior accountant's token used
+    assert route_wallets.role_sets == (frozenset({"Accountant", "Junior_Accountant"}),)
+    assert ROLES_SCOPE in route_wallets.token_scopes
+    assert [r["outcome"] for r in runs] == ["success"]
+    assert calls == [2117692215]
+    assert 403 not in emulator.stats()["esi_requests_by_status"]
+
+
+def test_a_corporation_without_a_qualifying_member_gets_no_run_every_period(
+    runtime: Runtime, emulator: Emulator, make_token: Any
+) -> None:
+    # given: the lone member of 1000171 is only a Trader; once a run has
+    # looked at its roles (refreshing its token to do so)
+    emulator.configure(
+        character_roles={str(LONE_PILOT): ["Trader"], "2117692215": ["Accountant"]}
+    )
+    _member_tokens(make_token, first=2113024536)
+    make_token(LONE_PILOT, "Test Pilot One", [WALLETS, ROLES_SCOPE])
+    probe = WalletProbe()
+    _plan_and_run(runtime, probe.job)
+
+    # when: the next periods are planned
+    planned_later = set(subjects(runtime, probe.job))
+    worker = StartedWorker(runtime, JobRegistry("none", extra=[probe.job]))
+    try:
+        for period in (1, 2):
+            later = runtime.clock.now() + dt.timedelta(seconds=600 * period)
+            worker.scheduler().plan(probe.job, later, later - dt.timedelta(seconds=600))
+            worker.join()
+    finally:
+        worker.stop()
+
+    # then: only the corporation with an Accountant is planned and run
+    assert planned_later == {CORPORATION}
+    skipped = [r for r in worker.runs("corp_wallets") if r["outcome"] == "skipped"]
+    assert [r["corporation_id"] for r in skipped] == [LONE_CORPORATION]

@@ -309,3 +309,51 @@ def test_a_broken_plugin_is_reported_by_name_and_the_others_run(
     assert [(r["job"], r["outcome"], r["items"]) for r in worker.runs()] == [
         ("good", "success", 7)
     ]
+
+
+def test_new_true_is_counted_per_character_for_a_per_character_job(
+    runtime: Runtime, make_token: Any
+) -> None:
+    # given: B's token stored first and never used; A's job succeeded since
+    make_token(96224792, "Mitani", SKILLS)
+    make_token(2112000001, "Test Pilot One", SKILLS)
+    seen: list[int] = []
+
+    @job("new_per_character", scopes=SKILLS, fan_out="per_character", every=600)
+    @token_required(scopes=SKILLS, new=True)
+    def new_per_character(ctx: JobContext, token: Any) -> None:
+        seen.append(token.character_id)
+
+    registry = JobRegistry("none", extra=[new_per_character])
+    first = execute_job(runtime, registry, "new_per_character", 2112000001)
+
+    # when: B's first run comes, then A's second
+    second = execute_job(runtime, registry, "new_per_character", 96224792)
+    again = execute_job(runtime, registry, "new_per_character", 2112000001)
+
+    # then: B's token is new to B's runs; A's is not new any more
+    assert (first, second, again) == ("success", "success", "skipped")
+    assert seen == [2112000001, 96224792]
+
+
+def test_token_required_refreshes_only_the_token_it_passes(
+    runtime: Runtime, make_token: Any, emulator: Any
+) -> None:
+    # given: six stored tokens with the scope, all with expired access tokens
+    for n in range(6):
+        make_token(2112000001 + n, f"Pilot {n}", SKILLS)
+    seen: list[Any] = []
+
+    @job("first_only", every=600)
+    @token_required(scopes=SKILLS)
+    def first_only(ctx: JobContext, token: Any) -> None:
+        seen.append(token)
+
+    before = emulator.stats()["sso_token_requests"]
+
+    # when
+    outcome = execute_job(runtime, JobRegistry("none", extra=[first_only]), "first_only")
+
+    # then: one SSO call, for the one token passed
+    assert outcome == "success" and len(seen) == 1
+    assert emulator.stats()["sso_token_requests"] - before == 1

@@ -229,3 +229,145 @@ def _scheduler_without_worker(
     runtime.settings = runtime.settings.replace(job_requeue_after_s=requeue_s)
     actors = declare_actors(broker, JobRegistry("none", extra=jobs.values()))
     return JobScheduler(runtime, {"once_probe": jobs["once_probe"]}, actors), actors
+
+
+def test_per_character_cron_runs_are_spread_over_the_gap_between_fires() -> None:
+    # given: a per-character job on the top of every hour, without jitter,
+    # and a once-job on the same line
+    @job("hourly_cron", scopes=SKILLS, fan_out="per_character", cron="0 * * * *")
+    def hourly_cron(ctx: JobContext) -> None: ...
+
+    @job("once_cron", cron="0 * * * *")
+    def once_cron(ctx: JobContext) -> None: ...
+
+    start = dt.datetime(2026, 3, 2, 14, 0, 30, tzinfo=dt.UTC)
+    characters = [90000000 + 131 * n for n in range(1000)]
+
+    # when
+    schedule = hourly_cron.schedule()
+    slots = [schedule.next_after("hourly_cron", c, start) for c in characters]
+
+    # then: at most 5 % in any minute, each an hour after the last
+    per_minute = collections.Counter(s.replace(second=0, microsecond=0) for s in slots)
+    assert max(per_minute.values()) <= 50 and len(per_minute) >= 55
+    assert all(
+        schedule.next_after("hourly_cron", c, s) - s == dt.timedelta(hours=1)
+        for c, s in zip(characters, slots)
+    )
+    assert schedule.window_s == HOUR
+    # and: the once-job still runs at the time its line says
+    assert once_cron.schedule().next_after("once_cron", 0, start) == start.replace(
+        hour=15, second=0
+    )
+
+
+@pytest.mark.parametrize(
+    "line, gap_s", [("*/15 * * * *", 900), ("0 9,17 * * *", 8 * HOUR), ("5 11 * * 1", 7 * 86400)]
+)
+def test_the_spread_of_a_cron_line_is_its_smallest_gap(line: str, gap_s: int) -> None:
+    @job("spread", scopes=SKILLS, fan_out="per_character", cron=line)
+    def spread(ctx: JobContext) -> None: ...
+
+    assert spread.schedule().window_s == gap_s
+
+
+def test_a_week_long_outage_of_a_per_minute_cron_is_caught_up_in_few_steps() -> None:
+    from worker.jobs.schedule import Schedule
+
+    # given: a per-minute cron with a spread, and a count of fire-time look-ups
+    class Counted(Schedule):
+        lookups = 0
+
+        def _fire_after(self, instant: dt.datetime) -> dt.datetime:
+            Counted.lookups += 1
+            return super()._fire_after(instant)
+
+    schedule = Counted(cron="* * * * *", jitter_s=30)
+    now = dt.datetime(2026, 3, 12, 14, 0, 7, tzinfo=dt.UTC)
+    since = now - dt.timedelta(days=7)
+
+    # when: the newest missed slot is looked for
+    latest = schedule.latest_at_or_before("job", 42, now, since)
+
+    # then: it is the newest slot at or before now, found in a few dozen steps
+    phase = dt.timedelta(seconds=schedule.phase_s("job", 42))
+    newest = (now - phase).replace(second=0, microsecond=0) + phase
+    assert latest == newest
+    assert Counted.lookups < 100
+    assert schedule.next_after("job", 42, latest) > now
+
+
+def test_planning_reads_one_run_per_subject_however_long_the_history(
+    frozen_runtime: Runtime,
+) -> None:
+    from worker.jobs.records import latest_planned
+
+    # given: 300 subjects with 200 finished runs each, written straight into
+    # the table (as any older version or a restore would), plus one
+    # by-hand run per subject, which is no part of the plan
+    subjects, history = 300, 200
+    with frozen_runtime.pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO esi_job_run (job, subject, character_id, due, started,"
+            " finished, state, outcome)"
+            " SELECT 'long', s, s, now() - make_interval(mins => 10 * (%s - n)),"
+            " now(), now(), 'finished', 'success'"
+            " FROM generate_series(1, %s) AS s, generate_series(1, %s) AS n"
+            " ORDER BY n, s",
+            (history, subjects, history),
+        )
+        conn.execute(
+            "INSERT INTO esi_job_run (job, subject, character_id, started, state,"
+            " outcome) SELECT 'long', s, s, now(), 'finished', 'success'"
+            " FROM generate_series(1, %s) AS s",
+            (subjects,),
+        )
+        newest = dict(
+            conn.execute(
+                "SELECT DISTINCT ON (subject) subject, id FROM esi_job_run"
+                " WHERE job = 'long' AND due IS NOT NULL ORDER BY subject, id DESC"
+            ).fetchall()
+        )
+
+    # when: the plan is read inside one transaction, whose table reads are counted
+    with frozen_runtime.pool.connection() as conn, conn.transaction():
+        latest = latest_planned(conn, "long")
+        row = conn.execute(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
+            " FROM pg_stat_xact_user_tables WHERE relname = 'esi_job_run'"
+        ).fetchone()
+
+    # then: the newest planned run of each subject, read one row each
+    assert {subject: run.id for subject, run in latest.items()} == newest
+    assert row is not None and row[0] <= subjects
+
+
+def test_an_outage_of_the_workers_yields_one_catch_up_run_per_job_and_character(
+    redis_worker: StartedWorker, clock: FrozenClock, pilots: list[int], probe: Any
+) -> None:
+    # given: every job has run for every character during a first period
+    _minutes(redis_worker, clock, 10)
+    probe.calls.clear()
+
+    # when: the workers stop for ten periods while the scheduler goes on
+    # (their queued runs wait; lost messages are sent again), then return
+    scheduler = redis_worker.scheduler()
+    redis_worker._worker.pause()
+    for _ in range(100):
+        clock.advance(60)
+        scheduler.tick_all()
+    redis_worker._worker.resume()
+    redis_worker.join()
+    back = clock.now()
+    again = scheduler.tick_all()
+    redis_worker.join()
+
+    # then: one run per job and character, for the newest slot only; the
+    # next one waits for the slot after it
+    seen = collections.Counter((name, character) for name, character, _ in probe.calls)
+    assert seen == collections.Counter(
+        [("once_probe", None)] + [("character_probe", c) for c in pilots]
+    )
+    for _name, _character, due in probe.calls:
+        assert back - dt.timedelta(seconds=600) < due <= back
+    assert again == 0

@@ -293,3 +293,135 @@ def test_runs_older_than_the_retention_are_trimmed_but_the_plan_is_kept(
 
     # then: only the newest planned run of each job and subject is left
     assert {r["id"] for r in redis_worker.runs()} == set(kept.values())
+
+
+SKILLS = "esi-skills.read_skills.v1"
+PILOT = 2112000001
+
+
+def _error_of(runtime: Runtime, name: str) -> str:
+    with runtime.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT error FROM esi_job_run WHERE job = %s ORDER BY id DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+    assert row is not None and row[0]
+    return str(row[0])
+
+
+def test_a_run_error_never_holds_the_secrets_of_its_tokens(
+    runtime: Runtime, make_token: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import requests
+
+    from worker.jobs import token_required
+
+    # given: jobs failing with messages that quote their token's secrets
+    make_token(PILOT, "Test Pilot One", SKILLS)
+
+    @job("quotes", scopes=SKILLS, fan_out="per_character", every=600)
+    def quotes(ctx: JobContext) -> None:
+        token = ctx.token
+        assert token is not None
+        access = token.valid_access_token()
+        raise RuntimeError(f"ESI refused {access} (refresh {token.refresh_token})")
+
+    @job("in_url", scopes=SKILLS, fan_out="per_character", every=600)
+    def in_url(ctx: JobContext) -> None:
+        assert ctx.token is not None
+        requests.get(f"http://127.0.0.1:1/x?token={ctx.token.refresh_token}", timeout=1)
+
+    @job("decorated_quotes", every=600)
+    @token_required(scopes=SKILLS)
+    def decorated_quotes(ctx: JobContext, token: Any) -> None:
+        raise ValueError(f"bad grant {token.refresh_token}")
+
+    registry = JobRegistry("none", extra=[quotes, in_url, decorated_quotes])
+
+    # when
+    outcomes = [
+        execute_job(runtime, registry, name, PILOT)
+        for name in ("quotes", "in_url", "decorated_quotes")
+    ]
+
+    # then: the runs failed, their errors name what happened but no secret
+    assert outcomes == ["failure"] * 3
+    token = runtime.tokens.query().filter(character_id=PILOT).first()
+    assert token is not None and token.refresh_token
+    secrets = [token.access_token, token.refresh_token]
+    errors = [_error_of(runtime, n) for n in ("quotes", "in_url", "decorated_quotes")]
+    assert errors[0].startswith("RuntimeError: ESI refused [redacted]")
+    assert "token=[redacted]" in errors[1]
+    for text in (*errors, caplog.text):
+        assert not any(secret in text for secret in secrets)
+
+
+def test_esi_calls_are_counted_when_they_fail_and_when_retried(
+    runtime: Runtime, emulator: Any
+) -> None:
+    from worker.errors import HTTPError
+
+    # given: ESI fails the status route once with 500 (not retried), then
+    # twice with 502 (retried)
+    runtime.settings = runtime.settings.replace(esi_retry_backoff_s=0)
+
+    @job("status_twice", every=600)
+    def status_twice(ctx: JobContext) -> None:
+        with pytest.raises(HTTPError):
+            ctx.esi.Status.get_status().result()
+        ctx.esi.Status.get_status().result()
+
+    emulator.configure(
+        esi_faults=[
+            {"status": 500, "count": 1, "path_contains": "/status/"},
+            {"status": 502, "count": 2, "path_contains": "/status/"},
+        ]
+    )
+    before = emulator.stats()["esi_requests"]
+
+    # when: the first call fails, the second succeeds on its third try
+    outcome = execute_job(
+        runtime, JobRegistry("none", extra=[status_twice]), "status_twice"
+    )
+
+    # then: every request ESI saw is in the run's count, one page was read
+    assert outcome == "success"
+    sent = emulator.stats()["esi_requests"] - before
+    run = _rows(runtime)[0]
+    assert sent == 4
+    assert (run["esi_calls"], run["pages"]) == (sent, 1)
+
+
+def test_esi_calls_through_a_tokens_own_client_and_page_threads_are_counted(
+    runtime: Runtime, emulator: Any, make_token: Any
+) -> None:
+    # given: a django-esi style job using token.get_esi_client(), and one
+    # reading two pages (the second fetched by a page thread)
+    make_token(PILOT, "Test Pilot One", [SKILLS, "esi-assets.read_assets.v1"])
+
+    @job("direct", scopes=SKILLS, fan_out="per_character", every=600)
+    def direct(ctx: JobContext) -> None:
+        assert ctx.token is not None
+        client = ctx.token.get_esi_client()
+        client.Skills.get_characters_character_id_skills(
+            character_id=ctx.character_id
+        ).result()
+
+    @job("paged", scopes="esi-assets.read_assets.v1", fan_out="per_character")
+    def paged(ctx: JobContext) -> None:
+        ctx.esi.Assets.get_characters_character_id_assets(
+            character_id=ctx.character_id
+        ).results()
+
+    registry = JobRegistry("none", extra=[direct, paged])
+    before = emulator.stats()["esi_requests"]
+
+    # when
+    outcomes = [execute_job(runtime, registry, name, PILOT) for name in ("direct", "paged")]
+
+    # then
+    assert outcomes == ["success", "success"]
+    counts = {r["job"]: (r["esi_calls"], r["pages"]) for r in _rows(runtime)}
+    assert counts["direct"][0] == 1
+    assert counts["paged"] == (2, 2)
+    assert emulator.stats()["esi_requests"] - before == 3

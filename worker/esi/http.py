@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, ESITransientError
+from ..jobs.stats import current_stats
 from ..metrics import esi as metrics
 from .cache import ResponseCache
 from .futures import CachingHttpFuture
@@ -36,7 +37,10 @@ TRANSIENT_STATUSES = frozenset({502, 503, 504})
 TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout)
 MAX_BACKOFF_S = 10.0
 DEFAULT_BACKOFF_S = 1.0
-_MISC_OPTIONS = ("timeout", "connect_timeout", "follow_redirects")
+# The counters of the run that made a request (worker.jobs.stats) travel
+# in its parameters: page threads do not see the run's context variable.
+RUN_STATS_KEY = "_esi_worker_run_stats"
+_MISC_OPTIONS = ("timeout", "connect_timeout", "follow_redirects", RUN_STATS_KEY)
 
 
 class EsiHttpClient(RequestsClient):
@@ -85,6 +89,7 @@ class EsiHttpClient(RequestsClient):
         params = dict(request_params)
         params["params"] = dict(params.get("params") or {})
         params["headers"] = dict(params.get("headers") or {})
+        params[RUN_STATS_KEY] = current_stats()
         return CachingHttpFuture(self, params, operation, request_config)
 
     def send(
@@ -174,6 +179,10 @@ class EsiHttpClient(RequestsClient):
         timeout = self._timeout(request_params, timeout_s)
         name = operation_name(operation)
         permit = self._acquire(operation, name)
+
+        stats = request_params.get(RUN_STATS_KEY) or current_stats()
+        if stats is not None:
+            stats.note_request()  # every request of a run, whatever its answer
 
         started = time.perf_counter()
         try:

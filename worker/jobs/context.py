@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .stats import RunStats, record_esi_call
+from .stats import RunStats, current_stats
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -28,7 +28,9 @@ class JobContext:
 
     ``token`` is the run's token (per token, per character, per
     corporation fan-out); ``corporation_id`` is set for per-corporation
-    runs; ``due`` is the slot the run was planned for.
+    runs; ``due`` is the slot the run was planned for. ``log`` names the
+    job, character and run in every record (and keeps a call's own
+    ``extra=`` as well).
     """
 
     job: Job
@@ -37,14 +39,19 @@ class JobContext:
     token: Token | None = None
     corporation_id: int | None = None
     due: dt.datetime | None = None
+    run_id: int | None = None
     stats: RunStats = field(default_factory=RunStats)
     log: logging.LoggerAdapter[logging.Logger] = field(init=False)
+    _secrets: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        extra = {"job": self.job.name, "character_id": self.character_id}
-        self.log = logging.LoggerAdapter(
-            logging.getLogger(f"jobs.{self.job.name}"), extra
-        )
+        extra = {
+            "job": self.job.name,
+            "character_id": self.character_id,
+            "corporation_id": self.corporation_id,
+            "run_id": self.run_id,
+        }
+        self.log = RunLogger(logging.getLogger(f"jobs.{self.job.name}"), extra)
 
     @property
     def clock(self) -> Clock:
@@ -76,9 +83,37 @@ class JobContext:
         with self.runtime.pool.connection() as conn:
             yield conn
 
+    def remember(self, *tokens: Token | None) -> None:
+        """Note the secrets of tokens the run holds, to keep them out of its error."""
+        for token in tokens:
+            if token is not None:
+                self._secrets.update(
+                    s for s in (token.access_token, token.refresh_token) if s
+                )
+
+    def secrets(self) -> set[str]:
+        """Every secret the run held: its tokens', now and when first seen."""
+        self.remember(self.token)
+        return set(self._secrets)
+
+
+class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger adapter that adds the run's fields to a call's own ``extra``.
+
+    The standard adapter replaces a call's ``extra`` (before Python 3.13).
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
 
 class CountingClient:
-    """An ESI client whose calls count into the current run's statistics."""
+    """An ESI client whose calls count into the current run's statistics.
+
+    The HTTP client counts the requests; this counts the pages read and
+    the answers the cache gave without a request.
+    """
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -132,9 +167,11 @@ class _CountingFuture:
         return self._counted(self._future.results_localized(*args, **kwargs))
 
     def _counted(self, value: Any) -> Any:
+        stats = current_stats()
         for response in getattr(self._future, "responses", None) or ():
-            record_esi_call(
-                bool(getattr(response, "from_cache", False)),
-                getattr(response, "headers", None),
-            )
+            if stats is not None:
+                stats.note_page(
+                    bool(getattr(response, "from_cache", False)),
+                    getattr(response, "headers", None),
+                )
         return value

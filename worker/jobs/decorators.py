@@ -11,7 +11,9 @@ function decorated the same way receives ``(ctx, token)``::
 The scopes accept the forms django-esi accepts (a space-delimited string,
 a list, a one-element list holding a space-delimited string) and are added
 to the job's declared scopes. A job cannot send anyone through a login, so
-``new=True`` means "only tokens stored since this job last succeeded".
+``new=True`` means "only tokens stored since this job last succeeded"; for
+a run of a character (or a corporation), since it last succeeded for that
+character (or corporation).
 """
 
 from __future__ import annotations
@@ -87,29 +89,35 @@ def _decorator(scopes: ScopeArg, new: bool, pick: Callable[..., Any]) -> Any:
     return decorate
 
 
-def _candidates(ctx: JobContext, scopes: tuple[str, ...], new: bool) -> list[Token]:
+def _candidates(ctx: JobContext, scopes: tuple[str, ...], new: bool) -> TokenQuery:
+    """The valid tokens to pass; none is refreshed before it is read."""
     query: TokenQuery = ctx.runtime.tokens.query().require_scopes(scopes)
     if ctx.character_id is not None:
         query = query.filter(character_id=ctx.character_id)
-    tokens = list(query.require_valid())
     since = _last_success(ctx) if new else None
-    return [t for t in tokens if since is None or t.created > since]
+    if since is not None:
+        # Chosen by when they were stored, before any is refreshed.
+        query = query.filter(id=[t.id for t in query if t.created > since])
+    return query.require_valid()
 
 
 def _first_token(ctx: JobContext, scopes: tuple[str, ...], new: bool) -> Token:
     token = ctx.token
     if token is not None and set(scopes) <= set(token.scopes) and not new:
         return token
-    found = next(iter(_candidates(ctx, scopes, new)), None)
+    # first(): only the tokens tried until one works are refreshed.
+    found = _candidates(ctx, scopes, new).first()
     if found is None:
         raise JobSkipped(f"no {'new ' if new else ''}valid token holds {list(scopes)}")
+    ctx.remember(found)
     return found
 
 
 def _every_token(ctx: JobContext, scopes: tuple[str, ...], new: bool) -> list[Token]:
-    found = _candidates(ctx, scopes, new)
+    found = list(_candidates(ctx, scopes, new))
     if not found:
         raise JobSkipped(f"no {'new ' if new else ''}valid token holds {list(scopes)}")
+    ctx.remember(*found)
     return found
 
 
@@ -120,10 +128,15 @@ def _fresh_token(ctx: JobContext, scopes: tuple[str, ...], new: bool) -> Token:
 
 
 def _last_success(ctx: JobContext) -> Any:
+    """When the job last succeeded, for the run's character or corporation if any."""
+    where = "job = %s AND outcome = 'success'"
+    params: list[Any] = [ctx.job.name]
+    if ctx.character_id is not None:
+        where, params = f"{where} AND character_id = %s", [*params, ctx.character_id]
+    elif ctx.corporation_id is not None:
+        where, params = f"{where} AND corporation_id = %s", [*params, ctx.corporation_id]
     with ctx.connection() as conn:
         row = conn.execute(
-            "SELECT max(started) FROM esi_job_run"
-            " WHERE job = %s AND outcome = 'success'",
-            (ctx.job.name,),
+            f"SELECT max(started) FROM esi_job_run WHERE {where}", params
         ).fetchone()
     return row[0] if row else None

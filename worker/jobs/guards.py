@@ -6,6 +6,12 @@ that are down: ``/meta/status`` on the current ESI (``{"routes": [{"method",
 "path", "status": "OK"}]}``) and ``/status.json?version=latest`` on the
 legacy one (``[{"method", "route", "status": "green|yellow|red"}]``). A
 status document that cannot be read blocks nothing: the run goes ahead.
+
+A deferred run must not come back at the same instant as every other
+deferred run (after the downtime, when a route is up again, when ESI's
+limits reset): :func:`resume_at` spreads them, with a hash of their own
+after the downtime, else by waiting for each subject's next slot, so a
+long outage writes one deferral per subject and period, not one a minute.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .schedule import stable_fraction
+
 if TYPE_CHECKING:
     from ..clock import Clock
     from ..settings import Settings
+    from .schedule import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +36,39 @@ DOWNTIME, ROUTE_DOWN, LIMITS = "downtime", "route_down", "limits"
 _VERSION_RE = re.compile(r"^/(latest|legacy|dev|v\d+)(?=/)")
 _DOWN_STATES = frozenset({"down", "red"})
 _STATUS_TIMEOUT_S = 5.0
+# A run deferred again after this long a period retries on an hourly grid
+# of its own rather than waiting for its next slot (a day, say).
+RETRY_GRID_S = 3600.0
+
+
+def resume_at(
+    schedule: Schedule,
+    job: str,
+    subject: int,
+    earliest: dt.datetime,
+    *,
+    spread_s: float | None,
+) -> dt.datetime:
+    """When a deferred run of ``job`` for ``subject`` is due again.
+
+    With ``spread_s``, at ``earliest`` plus a stable share of it, from a
+    hash unrelated to the subject's phase (the subjects deferred together
+    are those whose slots are close). Without, at the subject's next slot
+    after ``earliest``, or its slot on an hourly grid of its own when the
+    period is longer: subjects come back as spread as their slots are.
+    Never later than the next slot.
+    """
+    slot = schedule.next_after(job, subject, earliest)
+    if spread_s is not None:
+        share = stable_fraction(f"{job}\0resume", subject)
+        return min(slot, earliest + dt.timedelta(seconds=share * spread_s))
+    if schedule.period_s <= RETRY_GRID_S:
+        return slot
+    phase = stable_fraction(f"{job}\0retry", subject) * RETRY_GRID_S
+    since_phase = (earliest - _EPOCH).total_seconds() - phase
+    turns = since_phase // RETRY_GRID_S + 1
+    grid = _EPOCH + dt.timedelta(seconds=turns * RETRY_GRID_S + phase)
+    return min(slot, grid)
 
 
 class Downtime:
@@ -130,6 +172,9 @@ def _route_key(route: str) -> tuple[str, str]:
     method, _, path = route.strip().rpartition(" ")
     path = _VERSION_RE.sub("", path.strip()).rstrip("/") or "/"
     return (method or "GET").upper(), path.lower()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _minutes(hhmm: str) -> int:

@@ -1,11 +1,13 @@
 """Who a job runs for: the subjects of each fan-out, and the token of a run.
 
 Per-corporation jobs need a token of a member with the scopes and, when
-the job names corporation roles, with those roles in the game. The
-corporation of a character comes from ESI's public character route and
-the roles from ``get_characters_character_id_roles`` (scope
+the job needs corporation roles (declared, or required by its routes in
+the spec), with those roles in the game. The corporation of a character
+comes from ESI's public character route and the roles from
+``get_characters_character_id_roles`` (scope
 ``esi-characters.read_corporation_roles.v1``); both answers go through the
 ESI response cache, so a fan-out over many members costs few requests.
+A corporation none of whose members holds the roles is not a subject.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ESIError, JobSkipped, SSOError, TokenError
 from .declaration import FanOut, Job
 from .records import PlannedRun
+from .roles import roles_cover
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-    from ..tokens import Token
+    from ..tokens import Token, TokenQuery
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,51 @@ def subjects(runtime: Runtime, job: Job) -> dict[int, PlannedRun]:
     if job.fan_out is FanOut.PER_CHARACTER:
         ids = {c for _, c in tokens}
         return {c: _template(c, character_id=c) for c in sorted(ids)}
-    found = {corporation_of(runtime, c) for c in {c for _, c in tokens}}
-    corporations = sorted(c for c in found if c is not None)
+    if job.role_sets:
+        corporations = _corporations_with_roles(runtime, job)
+    else:
+        found = {corporation_of(runtime, c) for c in {c for _, c in tokens}}
+        corporations = sorted(c for c in found if c is not None)
     return {c: _template(c, corporation_id=c) for c in corporations}
+
+
+def adhoc_runs(
+    runtime: Runtime, job: Job, character_id: int | None = None
+) -> list[PlannedRun]:
+    """The runs of a job run by hand: for ``character_id``, or for every subject.
+
+    For a character: its run (per character), one per token of it (per
+    token) or its corporation's run made with its token (per corporation).
+
+    :raises JobSkipped: when there is nobody to run for, with the reason.
+    """
+    if job.fan_out is FanOut.ONCE:
+        return [_template(ONCE_SUBJECT, character_id=character_id)]
+    if character_id is None:
+        runs = list(subjects(runtime, job).values())
+        if not runs:
+            raise JobSkipped(f"job {job.name!r}: {_nobody(job)}; nothing was run")
+        return runs
+
+    tokens = [t for t, c in _scoped_ids(runtime, job) if c == character_id]
+    if not tokens:
+        raise JobSkipped(
+            f"character {character_id} has no valid token holding "
+            f"{list(job.token_scopes)}; nothing was run"
+        )
+    if job.fan_out is FanOut.PER_TOKEN:
+        return [_template(t, character_id=character_id) for t in tokens]
+    if job.fan_out is FanOut.PER_CHARACTER:
+        return [_template(character_id, character_id=character_id)]
+    corporation = corporation_of(runtime, character_id)
+    if corporation is None:
+        raise JobSkipped(
+            f"the corporation of character {character_id} is unknown "
+            "(ESI did not say); nothing was run"
+        )
+    return [
+        _template(corporation, corporation_id=corporation, character_id=character_id)
+    ]
 
 
 def token_for(
@@ -66,7 +111,7 @@ def token_for(
             raise JobSkipped(f"token {subject} is gone, dead or lacks {job.scopes}")
         return token
     if job.fan_out is FanOut.PER_CORPORATION and corporation_id is not None:
-        return member_token(runtime, job, corporation_id)
+        return member_token(runtime, job, corporation_id, character_id)
     if character_id is None or not job.scopes:
         return None
     query = runtime.tokens.query().filter(character_id=character_id)
@@ -78,19 +123,31 @@ def token_for(
     return token
 
 
-def member_token(runtime: Runtime, job: Job, corporation_id: int) -> Token:
+def member_token(
+    runtime: Runtime, job: Job, corporation_id: int, character_id: int | None = None
+) -> Token:
     """The first token of a member of the corporation with the scopes and roles.
 
+    :param character_id: only this member (a run made by hand for it).
     :raises JobSkipped: when no member qualifies.
     """
-    for token in _scoped(runtime, job):
+    tokens = _scoped(runtime, job)
+    if character_id is not None:
+        tokens = tokens.filter(character_id=character_id)
+    for token in tokens:
         if corporation_of(runtime, token.character_id) != corporation_id:
             continue
-        if has_roles(token, job.roles):
+        if has_roles(token, job.role_sets):
             return token
+    if character_id is not None:
+        raise JobSkipped(
+            f"character {character_id} of corporation {corporation_id} has no "
+            f"valid token with {job.token_scopes} and the roles "
+            f"{_describe_roles(job)}"
+        )
     raise JobSkipped(
         f"no member of corporation {corporation_id} has a valid token with "
-        f"{job.token_scopes} and the roles {list(job.roles)}"
+        f"{job.token_scopes} and the roles {_describe_roles(job)}"
     )
 
 
@@ -110,9 +167,14 @@ def corporation_of(runtime: Runtime, character_id: int) -> int | None:
     return int(_field(data, "corporation_id"))
 
 
-def has_roles(token: Token, roles: Iterable[str]) -> bool:
-    """True when the token's character holds every one of ``roles``."""
-    needed = set(roles)
+def has_roles(
+    token: Token, roles: Iterable[str] | Iterable[frozenset[str]]
+) -> bool:
+    """True when the token's character holds the roles.
+
+    :param roles: role names, all needed; or sets of names, one of each needed.
+    """
+    needed = [frozenset({r}) if isinstance(r, str) else r for r in roles]
     if not needed:
         return True
     client = token.get_esi_client()
@@ -129,16 +191,44 @@ def has_roles(token: Token, roles: Iterable[str]) -> bool:
             extra={"character_id": token.character_id},
         )
         return False
-    return roles_satisfy(_field(data, "roles") or (), needed)
+    return roles_cover(_field(data, "roles") or (), needed)
 
 
 def roles_satisfy(held: Iterable[str], needed: Iterable[str]) -> bool:
     """Whether ``held`` covers ``needed``; a Director holds every role in game."""
-    have = set(held)
-    return "Director" in have or set(needed) <= have
+    return roles_cover(held, [{role} for role in needed])
 
 
-def _scoped(runtime: Runtime, job: Job) -> Iterable[Token]:
+def _corporations_with_roles(runtime: Runtime, job: Job) -> list[int]:
+    """The corporations with a member who holds the job's roles, or may.
+
+    Planning never refreshes a token to look at it: a member whose access
+    token has expired may qualify, and the run (which refreshes) decides.
+    """
+    qualifying: set[int] = set()
+    for token in _scoped(runtime, job):
+        corporation = corporation_of(runtime, token.character_id)
+        if corporation is None or corporation in qualifying:
+            continue
+        if token.expired or has_roles(token, job.role_sets):
+            qualifying.add(corporation)
+    return sorted(qualifying)
+
+
+def _describe_roles(job: Job) -> list[str]:
+    return [" or ".join(sorted(choice)) for choice in job.role_sets]
+
+
+def _nobody(job: Job) -> str:
+    if job.fan_out is FanOut.PER_CORPORATION and job.role_sets:
+        return (
+            f"no corporation has a member with a valid token holding "
+            f"{list(job.token_scopes)} and the roles {_describe_roles(job)}"
+        )
+    return f"no valid token holds {list(job.token_scopes)}"
+
+
+def _scoped(runtime: Runtime, job: Job) -> TokenQuery:
     # Only tokens in state valid are seen; none is refreshed just to be
     # looked at (a thousand characters would mean a thousand SSO calls).
     # Oldest token first, so "the first member" is the same on every run.
