@@ -155,3 +155,35 @@ def test_guarding_the_library_loggers_twice_adds_one_filter() -> None:
     for name in LIBRARY_LOGGERS:
         filters = logging.getLogger(name).filters
         assert sum(isinstance(f, RedactingFilter) for f in filters) == 1
+
+
+def test_a_log_line_names_the_job_character_and_run_it_is_about() -> None:
+    from worker.logs import ContextFormatter
+
+    formatter = ContextFormatter("%(levelname)s %(name)s: %(message)s")
+    record = logging.LogRecord("jobs.wallet", logging.INFO, __file__, 1, "ran", (), None)
+    record.job, record.character_id, record.run_id = "wallet", 2112000001, 7
+    plain = logging.LogRecord("worker.db", logging.INFO, __file__, 1, "up", (), None)
+
+    assert formatter.format(record) == (
+        "INFO jobs.wallet: ran [job=wallet character_id=2112000001 run_id=7]"
+    )
+    assert formatter.format(plain) == "INFO worker.db: up"
+
+
+def test_a_runs_logger_keeps_a_calls_own_extra_beside_its_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from worker.jobs import JobContext, job
+
+    @job("logged", every=600)
+    def logged(ctx: JobContext) -> None: ...
+
+    ctx = JobContext(job=logged, runtime=None, character_id=96224792, run_id=3)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="jobs.logged")
+
+    ctx.log.info("read %d pages", 2, extra={"operation": "get_markets"})
+
+    [record] = caplog.records
+    assert (record.job, record.character_id, record.run_id) == ("logged", 96224792, 3)
+    assert record.operation == "get_markets"  # type: ignore[attr-defined]

@@ -56,6 +56,25 @@ def redact(text: str) -> str:
     return text
 
 
+class ContextFormatter(logging.Formatter):
+    """The plain format, followed by the job, character and run a record names.
+
+    Those come in ``extra=`` (a run's logger adds them to each record), so
+    a line about a run says whose run it was.
+    """
+
+    FIELDS = ("job", "character_id", "corporation_id", "run_id")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        context = " ".join(
+            f"{name}={value}"
+            for name in self.FIELDS
+            if (value := getattr(record, name, None)) is not None
+        )
+        return f"{text} [{context}]" if context else text
+
+
 class RedactingFilter(logging.Filter):
     """Masks secrets in the formatted message and in exception text."""
 
@@ -88,7 +107,10 @@ def configure_logging(level: str = "INFO") -> None:
         "disable_existing_loggers": False,
         "filters": {"redact": {"()": RedactingFilter}},
         "formatters": {
-            "plain": {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+            "plain": {
+                "()": ContextFormatter,
+                "fmt": "%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            }
         },
         "handlers": {
             "console": {

@@ -7,6 +7,7 @@ runs it against the emulator with the fixtures esi-worker ships.
 
 from __future__ import annotations
 
+import keyword
 import re
 import textwrap
 from pathlib import Path
@@ -116,13 +117,10 @@ def create_plugin(name: str, directory: Path) -> Path:
 
     :returns: the package's root folder.
     :raises ConfigurationError: for a name that is not a lower-case
-        identifier, or a folder that already exists.
+        identifier, is a Python keyword, is taken by a registered job, or
+        a folder that already exists.
     """
-    if not _NAME_RE.match(name):
-        raise ConfigurationError(
-            f"job name {name!r} must be a lower-case identifier "
-            "(letters, digits, underscores; starting with a letter)"
-        )
+    _check_name(name)
     dist = "esi-worker-" + name.replace("_", "-")
     package = f"esi_worker_{name}"
     root = directory / dist
@@ -144,3 +142,24 @@ def create_plugin(name: str, directory: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(template).format(**values), encoding="utf-8")
     return root
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise ConfigurationError(
+            f"job name {name!r} must be a lower-case identifier "
+            "(letters, digits, underscores; starting with a letter)"
+        )
+    # The name becomes a function: ``def class(ctx)`` would not compile.
+    if keyword.iskeyword(name):
+        raise ConfigurationError(
+            f"job name {name!r} is a Python keyword; choose another name"
+        )
+    from .jobs import JobRegistry
+
+    registry = JobRegistry()
+    if name in registry.names():
+        raise ConfigurationError(
+            f"job name {name!r} is already registered by "
+            f"{registry.source(name) or 'an installed package'}; choose another name"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,203 @@ def test_the_scaffolded_job_runs_against_the_emulator(
 
     # then
     assert outcome == "success"
+
+
+PILOT, MITANI = 2112000001, 96224792
+
+
+@pytest.fixture
+def fan_out_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed plugin with a job of each fan-out (and one that fails to
+    import, quoting a password), registered by entry point only."""
+    import importlib
+    import sys
+    import textwrap
+
+    site = tmp_path / "fan_site"
+    info = site / "fan_out_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "fan_out_plugin.py").write_text(
+        textwrap.dedent(f"""
+        from worker.jobs import job
+
+        def _note(ctx):
+            ctx.stats.items = ctx.token.id if ctx.token is not None else 0
+
+        @job(scopes="{SKILLS}", fan_out="per_token", every=600)
+        def fan_per_token(ctx):
+            _note(ctx)
+
+        @job(scopes="{SKILLS}", fan_out="per_character", every=600)
+        def fan_per_character(ctx):
+            _note(ctx)
+
+        @job(scopes="{SKILLS}", fan_out="per_corporation", every=600)
+        def fan_per_corporation(ctx):
+            _note(ctx)
+    """)
+    )
+    (site / "fan_out_broken.py").write_text(
+        'raise RuntimeError("cannot connect, password=hunter2")\n'
+    )
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fan-out-plugin\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[esi_worker.jobs]\n"
+        + "".join(
+            f"{name} = fan_out_plugin:{name}\n"
+            for name in ("fan_per_token", "fan_per_character", "fan_per_corporation")
+        )
+        + "fan_broken = fan_out_broken:job\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    sys.modules.pop("fan_out_plugin", None)
+    importlib.invalidate_caches()
+
+
+def _rows_of(runtime: Any, job: str) -> list[tuple[Any, ...]]:
+    with runtime.pool.connection() as conn:
+        return conn.execute(
+            "SELECT subject, character_id, corporation_id, outcome, items"
+            " FROM esi_job_run WHERE job = %s ORDER BY id",
+            (job,),
+        ).fetchall()
+
+
+def test_jobs_run_of_a_per_token_job_runs_each_token_of_the_character(
+    cli: Any, runtime: Any, make_token: Any, fan_out_plugins: None
+) -> None:
+    # given: two tokens of one character, one of another
+    first = make_token(PILOT, "Test Pilot One", SKILLS)
+    second = make_token(PILOT, "Test Pilot One", [SKILLS, "esi-assets.read_assets.v1"])
+    other = make_token(MITANI, "Mitani", SKILLS)
+
+    # when
+    mine = cli("jobs", "run", "fan_per_token", "--character", str(PILOT))
+    everyone = cli("jobs", "run", "fan_per_token")
+
+    # then: a run per token, each with the token it was for
+    assert mine.exit_code == 0, mine.output
+    assert everyone.exit_code == 0, everyone.output
+    rows = _rows_of(runtime, "fan_per_token")
+    ids = [first.id, second.id]
+    assert rows[:2] == [(t, PILOT, None, "success", t) for t in ids]
+    assert sorted(r[0] for r in rows[2:]) == sorted([*ids, other.id])
+    assert all(r[4] == r[0] and r[3] == "success" for r in rows)
+    assert f"fan_per_token (token {other.id}): success" in everyone.output
+
+
+def test_jobs_run_of_a_per_character_job_without_a_character_runs_everyone(
+    cli: Any, runtime: Any, make_token: Any, fan_out_plugins: None
+) -> None:
+    make_token(PILOT, "Test Pilot One", SKILLS)
+    make_token(MITANI, "Mitani", SKILLS)
+
+    result = cli("jobs", "run", "fan_per_character")
+
+    assert result.exit_code == 0, result.output
+    rows = _rows_of(runtime, "fan_per_character")
+    assert sorted((r[0], r[1], r[3]) for r in rows) == [
+        (MITANI, MITANI, "success"),
+        (PILOT, PILOT, "success"),
+    ]
+
+
+def test_jobs_run_of_a_per_corporation_job_for_a_character_runs_its_corporation(
+    cli: Any, runtime: Any, make_token: Any, fan_out_plugins: None
+) -> None:
+    from worker.jobs.subjects import corporation_of
+
+    token = make_token(PILOT, "Test Pilot One", SKILLS)
+    corporation = corporation_of(runtime, PILOT)
+
+    result = cli("jobs", "run", "fan_per_corporation", "--character", str(PILOT))
+
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "fan_per_corporation: success"
+    assert _rows_of(runtime, "fan_per_corporation") == [
+        (corporation, PILOT, corporation, "success", token.id)
+    ]
+
+
+@pytest.mark.parametrize("character", [None, "999"])
+def test_jobs_run_with_nobody_to_run_for_says_so_and_fails(
+    cli: Any, runtime: Any, make_token: Any, fan_out_plugins: None, character: Any
+) -> None:
+    # given: no token holds the scope (or not the one of character 999)
+    make_token(PILOT, "Test Pilot One", "esi-assets.read_assets.v1")
+    args = ["--character", character] if character else []
+
+    # when
+    result = cli("jobs", "run", "fan_per_character", *args)
+
+    # then: an error naming who lacks what; nothing was recorded as run
+    assert result.exit_code == 1
+    expected = "character 999 has no valid token" if character else "no valid token holds"
+    assert expected in result.output and SKILLS in result.output
+    assert _rows_of(runtime, "fan_per_character") == []
+
+
+def test_jobs_list_shows_when_a_never_planned_fan_out_job_runs_first(
+    cli: Any, make_token: Any, fan_out_plugins: None
+) -> None:
+    make_token(PILOT, "Test Pilot One", SKILLS)
+
+    result = cli("jobs", "list")
+
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line}
+    assert re.search(r" 20\d\d-\d\d-\d\d \d\d:\d\d:\d\dZ ", lines["fan_per_character"])
+    assert "BROKEN" in lines["fan_broken"]
+    assert "hunter2" not in result.output and "password=[redacted]" in result.output
+
+
+def test_jobs_runs_never_shows_a_secret_even_from_an_old_record(
+    cli: Any, runtime: Any
+) -> None:
+    # given: a record written before errors were scrubbed
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJDSEFSQUNURVIifQ.c2lnbmF0dXJlLXBhcnQ"
+    with runtime.pool.connection() as conn:
+        conn.execute(
+            "INSERT INTO esi_job_run (job, started, finished, outcome, error)"
+            " VALUES ('old', now(), now(), 'failure', %s)",
+            (f"RuntimeError: refused {jwt} at https://x/y?token=r3fr3shS3cr3t",),
+        )
+
+    result = cli("jobs", "runs", "--failures")
+
+    assert "refused [redacted]" in result.output
+    assert jwt not in result.output and "r3fr3shS3cr3t" not in result.output
+
+
+def test_jobs_new_refuses_python_keywords_and_registered_names(
+    tmp_path: Path,
+) -> None:
+    for name, message in (
+        ("class", "Python keyword"),
+        ("lambda", "Python keyword"),
+        ("market_orders", "already registered"),
+    ):
+        result = CliRunner().invoke(
+            main, ["jobs", "new", name, "--directory", str(tmp_path)]
+        )
+        assert result.exit_code == 1 and message in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jobs_list_reads_next_runs_from_the_embedded_database(
+    tmp_path: Path,
+) -> None:
+    # given: no database URL, so the embedded PostgreSQL, migrated
+    env = {"ESI_WORKER_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    migrated = runner.invoke(main, ["migrate"], env=env, catch_exceptions=False)
+    assert migrated.exit_code == 0, migrated.output
+
+    # when
+    result = runner.invoke(main, ["jobs", "list"], env=env, catch_exceptions=False)
+
+    # then: the once-jobs never run are due now
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line}
+    assert "due now" in lines["refresh_tokens"]

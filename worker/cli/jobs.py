@@ -29,6 +29,7 @@ def jobs_list(ctx: click.Context) -> None:
     Broken plugins are listed with the reason they could not be loaded.
     """
     from ..jobs import JobRegistry
+    from ..jobs.redaction import scrub
 
     settings = settings_of(ctx)
     registry = JobRegistry()
@@ -47,7 +48,7 @@ def jobs_list(ctx: click.Context) -> None:
             f"{' '.join(job.token_scopes) or '-'}{disabled}"
         )
     for name, reason in sorted(failures.items()):
-        click.echo(f"{name:<22} BROKEN: {reason}")
+        click.echo(f"{name:<22} BROKEN: {scrub(reason)}")
 
 
 @jobs.command("run")
@@ -57,22 +58,36 @@ def jobs_list(ctx: click.Context) -> None:
     "character_id",
     type=int,
     default=None,
-    help="Run for this character (its token is looked up now).",
+    help="Run for this character only (its token is looked up now).",
 )
 @click.pass_context
 @friendly_errors
 def jobs_run(ctx: click.Context, name: str, character_id: int | None) -> None:
-    """Run job NAME once, now, in this process, and record the run."""
+    """Run job NAME now, in this process, and record the run.
+
+    A fan-out job runs for every current subject (character, token or
+    corporation), or with --character for that character's: its run, a
+    run per token of it, or its corporation's run made with its token.
+    Exits 1 when a run failed or when there is nobody to run it for.
+    """
     from ..jobs import JobRegistry
+    from ..jobs.subjects import adhoc_runs
     from ..runner import open_runtime
     from ..runs import execute_job
 
+    registry = JobRegistry()
+    job = registry.get(name)
     with open_runtime(settings_of(ctx)) as runtime:
-        outcome = execute_job(runtime, JobRegistry(), name, character_id)
-        run = _recent(runtime, 1, job=name)
-    detail = f" ({run[0]['error']})" if run and run[0]["error"] else ""
-    click.echo(f"{name}: {outcome}{detail}")
-    if outcome == "failure":
+        runs = adhoc_runs(runtime, job, character_id)  # nobody: JobSkipped, exit 1
+        results = []
+        for run in runs:
+            outcome = execute_job(runtime, registry, name, subject=run)
+            results.append((run, outcome, _recent(runtime, 1, job=name)))
+    for run, outcome, row in results:
+        label = f" ({_subject(job.fan_out.value, run)})" if len(results) > 1 else ""
+        detail = f" ({_shown(row[0]['error'])})" if row and row[0]["error"] else ""
+        click.echo(f"{name}{label}: {outcome}{detail}")
+    if any(outcome == "failure" for _, outcome, _ in results):
         ctx.exit(1)
 
 
@@ -97,7 +112,7 @@ def jobs_runs(
     for row in rows:
         click.echo(_run_line(row))
         if row["error"] and row["outcome"] in ("failure", "deferred", "skipped"):
-            click.echo(f"{'':>8}{row['error']}")
+            click.echo(f"{'':>8}{_shown(row['error'])}")
 
 
 @jobs.command("new")
@@ -120,7 +135,8 @@ def jobs_new(name: str, directory: Path) -> None:
 
 
 def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
-    # The next run comes from the run records; without a database, none.
+    # The next run comes from the run records and the current subjects, in
+    # the configured database or the embedded one.
     import psycopg
 
     from ..errors import WorkerError
@@ -128,8 +144,6 @@ def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
     from ..scheduler import next_run
 
     settings = settings_of(ctx)
-    if not settings.database_url:
-        return {}
     try:
         with open_runtime(settings) as runtime:
             now = runtime.clock.now()
@@ -147,10 +161,25 @@ def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
 
 def _when(instant: dt.datetime | None, now: dt.datetime) -> str:
     if instant is None:
-        return "first slot"
+        return "no subject"  # a fan-out job whose scopes no token holds
     if instant <= now:
         return "due now"
     return f"{instant:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _subject(fan_out: str, run: Any) -> str:
+    if fan_out == "per_token":
+        return f"token {run.subject}"
+    if fan_out == "per_corporation":
+        return f"corporation {run.subject}"
+    return f"character {run.subject}"
+
+
+def _shown(error: str) -> str:
+    # Records written before errors were scrubbed may still hold a secret.
+    from ..jobs.redaction import scrub
+
+    return scrub(error)
 
 
 def _recent(runtime: Runtime, limit: int, **filters: Any) -> list[dict[str, Any]]:
