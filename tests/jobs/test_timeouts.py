@@ -368,3 +368,25 @@ def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+def test_the_harness_says_when_a_blocked_run_outlasts_its_wait(
+    frozen_runtime: Runtime, clock: FrozenClock, gate: Gate
+) -> None:
+    # given: a stuck run past its timeout
+    blocked = _blocked(gate)
+    worker = StartedWorker(frozen_runtime, JobRegistry("none", extra=[blocked]))
+    try:
+        worker.actors.enqueue(blocked)
+        assert gate.started.wait(20)
+        clock.advance(TIMEOUT_S + 1)
+        _wait_until(lambda: worker.runs("blocked")[0]["outcome"], "the timeout")
+
+        # when / then: join gives up in its own terms, the record is there
+        with pytest.raises(TimeoutError):
+            worker.join(timeout_s=0.5)
+        assert worker.runs("blocked")[0]["error"] == f"timed out after {TIMEOUT_S} s"
+    finally:
+        gate.release.set()
+        worker.join()
+        worker.stop()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import QueueJoinTimeout
 
 from ..actors import QUEUE, Actors, declare_actors
 from ..jobs import Job, JobRegistry
@@ -75,10 +76,20 @@ class StartedWorker:
     def join(self, timeout_s: float = 60.0) -> None:
         """Wait until every message sent so far has been handled.
 
+        A run past its timeout is stopped by the watchdog; one blocked in a
+        call that cannot be interrupted is handled when the call returns.
+
         :raises TimeoutError: runs are still queued or running after ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        self.broker.join(QUEUE, timeout=int(timeout_s * 1000))
+        try:
+            self.broker.join(QUEUE, timeout=int(timeout_s * 1000))
+        except QueueJoinTimeout:
+            # A run past its timeout is recorded as such at once, but its
+            # message is done only when its thread is out of the job.
+            raise TimeoutError(
+                f"messages still unhandled after {timeout_s:g} s"
+            ) from None
         self._worker.join()
         # A message a consumer has fetched but not yet handed to a worker
         # thread is in neither queue: the run records tell the truth.
