@@ -425,7 +425,17 @@ def _finish(
 
 
 def _secrets(runtime: Runtime, ctx: JobContext) -> list[str]:
-    return [*ctx.secrets(), *settings_secrets(runtime.settings)]
+    """What an error of this run must not show: its tokens' secrets (those it
+    was handed, and every token of its character), the worker's own."""
+    found = [*ctx.secrets(), *settings_secrets(runtime.settings)]
+    if ctx.character_id is not None:
+        try:
+            query = runtime.tokens.query().including_dead()
+            for token in query.filter(character_id=ctx.character_id):
+                found += [s for s in (token.access_token, token.refresh_token) if s]
+        except Exception:  # noqa: BLE001 - the patterns still apply
+            log.debug("tokens of character %r not read for scrubbing", ctx.character_id)
+    return found
 
 
 def _retry_at(runtime: Runtime, job: Job, record: RunRecord) -> dt.datetime | None:

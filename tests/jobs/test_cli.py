@@ -294,6 +294,13 @@ def test_jobs_run_of_a_per_corporation_job_for_a_character_runs_its_corporation(
     ]
 
 
+def test_jobs_run_of_a_once_job_for_an_unknown_character_fails(cli: Any) -> None:
+    result = cli("jobs", "run", "character_assets", "--character", "999")
+
+    assert result.exit_code == 1
+    assert "character 999 has no valid token" in result.output
+
+
 @pytest.mark.parametrize("character", [None, "999"])
 def test_jobs_run_with_nobody_to_run_for_says_so_and_fails(
     cli: Any, runtime: Any, make_token: Any, fan_out_plugins: None, character: Any

@@ -336,20 +336,23 @@ def test_a_run_error_never_holds_the_secrets_of_its_tokens(
     def decorated_quotes(ctx: JobContext, token: Any) -> None:
         raise ValueError(f"bad grant {token.refresh_token}")
 
-    registry = JobRegistry("none", extra=[quotes, in_url, decorated_quotes])
+    @job("looked_up", scopes=SKILLS, fan_out="per_character", every=600)
+    def looked_up(ctx: JobContext) -> None:
+        token = ctx.runtime.tokens.query().filter(character_id=ctx.character_id).first()
+        raise KeyError(f"no wallet for {token.refresh_token}")
+
+    names = ("quotes", "in_url", "decorated_quotes", "looked_up")
+    registry = JobRegistry("none", extra=[quotes, in_url, decorated_quotes, looked_up])
 
     # when
-    outcomes = [
-        execute_job(runtime, registry, name, PILOT)
-        for name in ("quotes", "in_url", "decorated_quotes")
-    ]
+    outcomes = [execute_job(runtime, registry, name, PILOT) for name in names]
 
     # then: the runs failed, their errors name what happened but no secret
-    assert outcomes == ["failure"] * 3
+    assert outcomes == ["failure"] * 4
     token = runtime.tokens.query().filter(character_id=PILOT).first()
     assert token is not None and token.refresh_token
     secrets = [token.access_token, token.refresh_token]
-    errors = [_error_of(runtime, n) for n in ("quotes", "in_url", "decorated_quotes")]
+    errors = [_error_of(runtime, n) for n in names]
     assert errors[0].startswith("RuntimeError: ESI refused [redacted]")
     assert "token=[redacted]" in errors[1]
     for text in (*errors, caplog.text):

@@ -62,6 +62,12 @@ def adhoc_runs(
     :raises JobSkipped: when there is nobody to run for, with the reason.
     """
     if job.fan_out is FanOut.ONCE:
+        if character_id is not None and not _has_token(runtime, job, character_id):
+            raise JobSkipped(
+                f"character {character_id} has no valid token"
+                + (f" holding {list(job.token_scopes)}" if job.token_scopes else "")
+                + "; nothing was run"
+            )
         return [_template(ONCE_SUBJECT, character_id=character_id)]
     if character_id is None:
         runs = list(subjects(runtime, job).values())
@@ -233,6 +239,13 @@ def _scoped(runtime: Runtime, job: Job) -> TokenQuery:
     # looked at (a thousand characters would mean a thousand SSO calls).
     # Oldest token first, so "the first member" is the same on every run.
     return runtime.tokens.query().require_scopes(job.token_scopes).order_by("id")
+
+
+def _has_token(runtime: Runtime, job: Job, character_id: int) -> bool:
+    query = runtime.tokens.query().filter(character_id=character_id)
+    if job.token_scopes:
+        query = query.require_scopes(job.token_scopes)
+    return query.exists()
 
 
 def _scoped_ids(runtime: Runtime, job: Job) -> list[tuple[int, int]]:
