@@ -219,8 +219,7 @@ def job(
         label: str = name or str(getattr(func, "__name__", "?"))
         if not callable(func):
             raise JobDefinitionError(
-                f"job {label!r}: @job decorates a function, "
-                f"got {type(func).__name__}"
+                f"job {label!r}: @job decorates a function, got {type(func).__name__}"
             )
         try:
             declared = normalize_scopes(scopes)

@@ -134,7 +134,10 @@ def _last_success(ctx: JobContext) -> Any:
     if ctx.character_id is not None:
         where, params = f"{where} AND character_id = %s", [*params, ctx.character_id]
     elif ctx.corporation_id is not None:
-        where, params = f"{where} AND corporation_id = %s", [*params, ctx.corporation_id]
+        where, params = (
+            f"{where} AND corporation_id = %s",
+            [*params, ctx.corporation_id],
+        )
     with ctx.connection() as conn:
         row = conn.execute(
             f"SELECT max(started) FROM esi_job_run WHERE {where}", params

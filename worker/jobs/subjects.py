@@ -173,9 +173,7 @@ def corporation_of(runtime: Runtime, character_id: int) -> int | None:
     return int(_field(data, "corporation_id"))
 
 
-def has_roles(
-    token: Token, roles: Iterable[str] | Iterable[frozenset[str]]
-) -> bool:
+def has_roles(token: Token, roles: Iterable[str] | Iterable[frozenset[str]]) -> bool:
     """True when the token's character holds the roles.
 
     :param roles: role names, all needed; or sets of names, one of each needed.
