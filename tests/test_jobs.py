@@ -186,13 +186,17 @@ def duplicate_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "shadow-plugin": ("shadow_plugin", "market_orders = shadow_plugin:shared"),
         "exit-plugin": ("exit_plugin", "exits = exit_plugin:job"),
         "fine-plugin": ("fine_plugin", "fine = fine_plugin:shared"),
+        "leaky-plugin": ("leaky_plugin", "leaky = leaky_plugin:job"),
+    }
+    sources = {
+        "exit_plugin": "import sys\nsys.exit(3)\n",
+        "leaky_plugin": 'raise RuntimeError("no database, password=hunter2")\n',
     }
     for dist, (module, entry) in plugins.items():
-        source = (
-            "import sys\nsys.exit(3)\n"
-            if module == "exit_plugin"
-            else "from worker.jobs import job\n\n@job(every=600)\ndef shared(ctx):\n"
-            "    ctx.stats.items = 1\n"
+        source = sources.get(
+            module,
+            "from worker.jobs import job\n\n@job(every=600)\ndef shared(ctx):\n"
+            "    ctx.stats.items = 1\n",
         )
         (site / f"{module}.py").write_text(source)
         info = site / f"{module}-1.0.dist-info"
@@ -241,3 +245,12 @@ def test_a_plugin_calling_sys_exit_at_import_is_reported_not_obeyed(
 
     assert "SystemExit: 3" in failures["exits"]
     assert "exits" not in jobs and "fine" in jobs
+
+
+def test_the_reason_a_plugin_failed_to_import_holds_no_secret(
+    duplicate_site: Path,
+) -> None:
+    _jobs, failures = JobRegistry().load_all()
+
+    assert "password=[redacted]" in failures["leaky"]
+    assert "hunter2" not in failures["leaky"]

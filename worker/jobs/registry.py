@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import JobDefinitionError, JobError, UnknownJobError
 from .declaration import Job
+from .redaction import error_text
 from .roles import bundled_swagger
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class JobRegistry:
             # reported by name and must not stop the worker.
             raise JobError(
                 f"job plugin {entry.name!r} ({entry.value}) failed to import: "
-                f"{type(exc).__name__}: {exc}"
+                f"{error_text(exc)}"
             ) from exc
         if not isinstance(obj, Job):
             raise JobDefinitionError(
