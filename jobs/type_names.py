@@ -11,32 +11,36 @@ from worker.jobs import JobContext, job
 def type_names(ctx: JobContext) -> None:
     """Store the configured types' names in each language of the operation."""
     operation = ctx.esi.Universe.get_universe_types_type_id
-    languages = operation.operation.params["language"].param_spec["enum"]
     rows = []
     for type_id in ctx.settings.type_ids:
-        for language in languages:
-            row = _fetch(ctx, operation, type_id, language)
-            if row is not None:
-                rows.append(row)
+        answers = operation(
+            type_id=type_id, _request_options={"also_return_response": True}
+        ).results_localized()
+        rows += _rows(ctx, type_id, answers)
     _store(ctx, rows)
     ctx.stats.items = len(rows)
-    ctx.log.info("stored %d type names in %d languages", len(rows), len(languages))
-
-
-def _fetch(ctx: JobContext, operation: Any, type_id: int, language: str) -> tuple | None:
-    future = operation(
-        type_id=type_id, language=language,
-        _request_options={"also_return_response": True},
+    languages = {row[1] for row in rows}
+    ctx.log.info(
+        "stored %d type names in %d languages (%s)",
+        len(rows), len(languages), ", ".join(sorted(languages)),
     )
-    data, response = future.result()
-    served = (response.headers or {}).get("Content-Language", language)
-    if _base(served) != _base(language):
-        # ESI (or a mirror) fell back to another language: storing it under
-        # the asked-for language would put English text in the German column.
-        ctx.log.debug("type %r: asked for %r, served %r", type_id, language, served)
-        return None
-    return (type_id, _stored_language(language), data["name"], data.get("description"),
-            data.get("group_id"), data.get("published"), ctx.clock.now())
+
+
+def _rows(ctx: JobContext, type_id: int, answers: dict[str, Any]) -> list[tuple]:
+    rows = []
+    for language, (data, response) in answers.items():
+        served = (response.headers or {}).get("Content-Language", language)
+        if _base(served) != _base(language):
+            # ESI (or a mirror) fell back to another language: storing it
+            # under the asked-for one would put English in the German column.
+            ctx.log.debug("type %r: asked for %r, served %r", type_id, language, served)
+            continue
+        rows.append((
+            type_id, _stored_language(language), data["name"],
+            data.get("description"), data.get("group_id"), data.get("published"),
+            ctx.clock.now(),
+        ))
+    return rows
 
 
 def _base(language: str) -> str:

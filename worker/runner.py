@@ -95,7 +95,10 @@ def run_scheduler(settings: Settings) -> None:
 
 
 def require_sso_credentials(settings: Settings) -> None:
-    """Refuse to start without SSO credentials; never fall back to a fake."""
+    """Refuse to start without SSO credentials; never fall back to a fake.
+
+    :raises ConfigurationError: no SSO application or no contact address.
+    """
     if not settings.has_sso_credentials:
         raise ConfigurationError(
             "no SSO application configured: set ESI_WORKER_SSO_CLIENT_ID and "
@@ -103,6 +106,11 @@ def require_sso_credentials(settings: Settings) -> None:
             "ESI_WORKER_CONTACT_EMAIL for the User-Agent; or try the worker "
             "against the bundled emulator with 'esi-worker run --emulator'"
         )
+    require_contact(settings)
+
+
+def require_contact(settings: Settings) -> None:
+    """Refuse to call ESI without a contact address in the User-Agent."""
     if not settings.contact_email.strip():
         # CCP asks every ESI client to say how to reach its operator; an
         # anonymous client is the first to be banned when it misbehaves.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
 
     # -- storage and broker --
     database_url: str | None = None
-    data_dir: Path = Path("~/.local/share/esi-worker")
+    data_dir: Path = Field(default_factory=lambda: _default_data_dir())
     broker_url: str | None = None
     redis_url: str | None = None
     db_pool_max: int = Field(default=10, ge=1)
@@ -222,6 +223,12 @@ class Settings(BaseSettings):
 
 def _hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _default_data_dir() -> Path:
+    # The XDG base directory rule: $XDG_DATA_HOME, else ~/.local/share.
+    base = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(base) / "esi-worker"
 
 
 def _describe_unparsed(exc: SettingsError) -> str:

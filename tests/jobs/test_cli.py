@@ -391,3 +391,34 @@ def test_jobs_list_reads_next_runs_from_the_embedded_database(
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line}
     assert "due now" in lines["refresh_tokens"], result.stdout + result.stderr
+
+
+def test_jobs_run_without_a_contact_address_sends_nothing(
+    settings: Any, clean_db: Any, emulator: Any
+) -> None:
+    # given every setting but the contact address the User-Agent needs
+    env = {
+        "ESI_WORKER_DATABASE_URL": settings.database_url,
+        "ESI_WORKER_DATA_DIR": str(settings.data_dir),
+        "ESI_WORKER_ESI_BASE_URL": emulator.base_url,
+        "ESI_WORKER_SSO_BASE_URL": emulator.base_url,
+        "ESI_WORKER_CONTACT_EMAIL": "",
+        "ESI_WORKER_MARKET_REGIONS": "[10000070]",
+    }
+    before = emulator.stats()["esi_requests"]
+
+    # when a public job is run now
+    result = CliRunner().invoke(main, ["jobs", "run", "market_orders"], env=env)
+
+    # then it stops naming the setting, and ESI saw nothing
+    assert result.exit_code != 0
+    assert "ESI_WORKER_CONTACT_EMAIL" in result.output
+    assert emulator.stats()["esi_requests"] == before
+
+
+def test_jobs_runs_of_an_unknown_job_names_the_registered_ones(cli: Any) -> None:
+    result = cli("jobs", "runs", "--job", "market_ordres")
+
+    assert result.exit_code != 0
+    assert "no job named 'market_ordres'" in result.output
+    assert "market_orders" in result.output

@@ -72,12 +72,17 @@ def jobs_run(ctx: click.Context, name: str, character_id: int | None) -> None:
     """
     from ..jobs import JobRegistry
     from ..jobs.subjects import adhoc_runs
-    from ..runner import open_runtime
+    from ..runner import open_runtime, require_contact, require_sso_credentials
     from ..runs import execute_job
 
     registry = JobRegistry()
     job = registry.get(name)
-    with open_runtime(settings_of(ctx)) as runtime:
+    settings = settings_of(ctx)
+    if job.token_scopes:
+        require_sso_credentials(settings)  # its tokens may need a refresh
+    else:
+        require_contact(settings)
+    with open_runtime(settings) as runtime:
         runs = adhoc_runs(runtime, job, character_id)  # nobody: JobSkipped, exit 1
         results = []
         for run in runs:
@@ -101,10 +106,14 @@ def jobs_runs(
     ctx: click.Context, limit: int, failures: bool, job_name: str | None
 ) -> None:
     """Show the newest runs (and failures, with their error)."""
+    from ..jobs import JobRegistry
     from ..runner import open_runtime
 
     with open_runtime(settings_of(ctx)) as runtime:
         rows = _recent(runtime, limit, failures_only=failures, job=job_name)
+    if job_name and not rows and job_name not in JobRegistry().names():
+        # Runs of a job since uninstalled still show; a typo says so.
+        JobRegistry().get(job_name)  # raises UnknownJobError naming the jobs
     click.echo(
         f"{'ID':>7} {'JOB':<22} {'FOR':>12} {'STARTED':<20} {'SECONDS':>8} "
         f"{'OUTCOME':<9} {'PAGES':>5} {'ITEMS':>7} {'CALLS':>5} {'HITS':>5}"
