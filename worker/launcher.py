@@ -85,10 +85,14 @@ def _spawn(context: Any, settings: Settings, index: int) -> Any:
 
 def _worker_process(settings: Settings) -> None:
     # Runs in the spawned child: logging is set up like the CLI would.
+    # Nothing scrapes a child, so its cache and limit gauges are written
+    # to its metric files on a timer instead of at scrape time.
     from .logs import configure_logging
+    from .metrics.refresh import start_refreshing
     from .runner import run_worker
 
     configure_logging(settings.log_level)
+    start_refreshing()
     run_worker(settings, processes=1, serve=False)
 
 

@@ -270,6 +270,24 @@ class RedisCache:
         """Forget ``key``."""
         self._redis().delete(self._prefix + key)
 
+    def usage(self, max_keys: int = 100_000) -> tuple[int, int] | None:
+        """``(entries, bytes)`` under this cache's prefix, for the gauges.
+
+        Walks the keys with ``SCAN`` and sums their lengths in pipelined
+        batches; ``None`` past ``max_keys`` rather than a count too low.
+        """
+        client = self._redis()
+        keys = client.scan_iter(match=_glob_escape(self._prefix) + "*", count=1000)
+        entries = size = 0
+        for batch in _batches(keys, 1000):
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.strlen(key)
+            entries, size = entries + len(batch), size + sum(pipe.execute())
+            if entries > max_keys:
+                return None
+        return entries, size
+
     def close(self) -> None:
         """Close the connection pool, if one was opened."""
         with self._lock:
@@ -312,6 +330,12 @@ def cache_from_settings(settings: Settings) -> ResponseCache:
             cache = RedisCache(url) if url else MemoryCache()
             _shared[url] = cache
         return cache
+
+
+def shared_caches() -> list[ResponseCache]:
+    """The process-wide caches made so far, for the cache gauges."""
+    with _shared_lock:
+        return list(_shared.values())
 
 
 def cache_key(
@@ -362,6 +386,21 @@ def freshness_s(headers: Mapping[str, str], now: dt.datetime) -> float | None:
 def _held(entry: CachedResponse) -> int:
     copier = entry.decoded()
     return entry.size + (copier.size if copier is not None else 0)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{ch}" if ch in "*?[]\\" else ch for ch in text)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _cache_control(value: str) -> dict[str, str]:

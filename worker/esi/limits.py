@@ -69,6 +69,21 @@ class Bucket:
             return None
 
 
+@dataclasses.dataclass(frozen=True)
+class LimitLevels:
+    """How close to ESI's limits things stand right now, for the gauges.
+
+    ``remaining`` and ``reset_s`` are ``None`` until ESI has sent its error
+    budget; once its window has passed they read the full budget and 0.
+    ``shared`` tells a limiter whose state is in Redis.
+    """
+
+    remaining: int | None
+    reset_s: float | None
+    fill: dict[str, float]
+    shared: bool
+
+
 @dataclasses.dataclass
 class Permit:
     """A reservation for one request, given back by :meth:`Limiter.settle`."""
@@ -179,6 +194,9 @@ class Limiter:
         self.thresholds = thresholds or Thresholds()
         self.fallback = fallback or MemoryStore()
         self._learned: dict[str, Bucket] = {}
+        # For levels(): the buckets this process spent from, and when.
+        self._touched: dict[str, tuple[Bucket, float]] = {}
+        self._budget_told = False
 
     def bucket_for(self, operation: str, declared: Bucket | None) -> Bucket | None:
         """The operation's bucket: as ESI's headers last named it, else the spec's."""
@@ -220,8 +238,32 @@ class Limiter:
                 permit.bucket = learned
         if status in (420, 429):
             metrics.ESI_LIMITED.labels(str(status)).inc()
+        if status == 420 or "X-ESI-Error-Limit-Remain" in headers:
+            self._budget_told = True
         now = clock.time()
         self._run(permit, lambda s: self._record(s, permit, status, headers, now))
+        if permit.bucket is not None:
+            until = now + permit.bucket.window_s + EXPIRY_SLACK_S
+            self._touched[_bucket_key(permit)] = (permit.bucket, until)
+
+    def levels(self, clock: Clock) -> LimitLevels:
+        """The error budget and the fill of every bucket this process used.
+
+        Read from the store as of ``clock``'s now, so values decay while no
+        answer arrives: spending leaves a bucket with its window, and the
+        error budget is whole again once ESI's window has reset.
+        """
+        now = clock.time()
+        touched = self._recent_buckets(now)
+        keys = [ERRORS, *touched]
+        errors, fill = self._read(keys, lambda s: self._levels(s, touched, now))
+        remaining, reset_s = None, None
+        if errors["remain"] is not None:
+            remaining, reset_at = errors["remain"], errors["reset_at"] or now
+            reset_s = max(0.0, reset_at - now)
+        elif self._budget_told:
+            remaining, reset_s = self.thresholds.error_budget, 0.0
+        return LimitLevels(remaining, reset_s, fill, isinstance(self.store, RedisStore))
 
     # -- the two steps, pure functions of the stored states ----------------
 
@@ -257,7 +299,6 @@ class Limiter:
         errors = _errors(states[0], now)
         errors["in_flight"].pop(permit.request_id, None)
         _note_error_headers(errors, status, headers, now)
-        _publish_errors(errors, now)
         if permit.bucket is None:
             return None, [errors]
 
@@ -267,11 +308,18 @@ class Limiter:
             bucket_state["limit"] = [told.max_tokens, told.window_s]
         bucket = _effective(bucket_state, permit)
         _note_bucket_headers(bucket_state, bucket, status, headers, now)
-        used = sum(cost for _, cost in bucket_state["entries"])
-        metrics.RATE_LIMIT_FILL.labels(bucket.group).set(
-            min(1.0, used / max(1, bucket.max_tokens))
-        )
         return None, [errors, bucket_state]
+
+    def _levels(
+        self, states: list[State], touched: dict[str, Bucket], now: float
+    ) -> tuple[tuple[State, dict[str, float]], list[State | None]]:
+        fill: dict[str, float] = {}
+        for state, declared in zip(states[1:], touched.values(), strict=True):
+            bucket = _limit_of(state, declared)
+            used = sum(c for _, c in _bucket(state, now, bucket)["entries"])
+            share = min(1.0, used / max(1, bucket.max_tokens))
+            fill[bucket.group] = max(fill.get(bucket.group, 0.0), share)
+        return (_errors(states[0], now), fill), [None] * len(states)
 
     def _bucket_wait(self, state: State, bucket: Bucket, now: float) -> float:
         if state["blocked_until"] > now:
@@ -293,7 +341,7 @@ class Limiter:
         keys = [ERRORS]
         ttl_s = IN_FLIGHT_STALE_S + 60.0
         if permit.bucket is not None:
-            keys.append(f"bucket:{permit.bucket.group}:{permit.caller}")
+            keys.append(_bucket_key(permit))
             ttl_s = max(ttl_s, permit.bucket.window_s + 60.0)
         try:
             return self.store.transact(keys, decide, ttl_s)
@@ -306,6 +354,24 @@ class Limiter:
                 type(exc).__name__,
             )
             return self.fallback.transact(keys, decide, ttl_s)
+
+    def _read(self, keys: list[str], decide: Decide) -> Any:
+        try:
+            return self.store.transact(keys, decide, 0.0)
+        except Exception:  # noqa: BLE001 (Redis down: what this process knows)
+            return self.fallback.transact(keys, decide, 0.0)
+
+    def _recent_buckets(self, now: float) -> dict[str, Bucket]:
+        # Once a window has passed since this process last spent from a
+        # bucket, nothing of its spending is left there to show. dict()
+        # copies in one step, while page threads may be settling.
+        recent = {}
+        for key, (bucket, until) in dict(self._touched).items():
+            if until < now:
+                self._touched.pop(key, None)
+            else:
+                recent[key] = bucket
+        return recent
 
     def _hold(
         self, permit: Permit, operation: str, reason: str, wait_s: float, clock: Clock
@@ -336,6 +402,7 @@ class Limiter:
 
 
 _shared: dict[tuple[str | None, int], Limiter] = {}
+_shared_clocks: dict[tuple[str | None, int], Clock] = {}
 _shared_lock = threading.Lock()
 
 
@@ -357,8 +424,14 @@ def limiter_from_settings(settings: Settings, clock: Clock) -> Limiter:
                 else MemoryStore()
             )
             limiter = Limiter(store, thresholds)
-            _shared[key] = limiter
+            _shared[key], _shared_clocks[key] = limiter, clock
         return limiter
+
+
+def shared_limiters() -> list[tuple[Limiter, Clock]]:
+    """This process's limiters with their clocks, for the limit gauges."""
+    with _shared_lock:
+        return [(limiter, _shared_clocks[key]) for key, limiter in _shared.items()]
 
 
 def declared_bucket(op_spec: Mapping[str, Any]) -> Bucket | None:
@@ -421,13 +494,23 @@ def _bucket(state: State, now: float, bucket: Bucket) -> State:
     return out
 
 
+def _bucket_key(permit: Permit) -> str:
+    assert permit.bucket is not None
+    return f"bucket:{permit.bucket.group}:{permit.caller}"
+
+
+def _limit_of(state: State, declared: Bucket) -> Bucket:
+    """The bucket as ESI's headers last described it, else as declared."""
+    limit = state.get("limit")
+    if not limit:
+        return declared
+    return Bucket(declared.group, int(limit[0]), float(limit[1]))
+
+
 def _effective(state: State, permit: Permit) -> Bucket:
     """The bucket as ESI's headers last described it to any process."""
     assert permit.bucket is not None
-    limit = state.get("limit")
-    if not limit:
-        return permit.bucket
-    return Bucket(permit.bucket.group, int(limit[0]), float(limit[1]))
+    return _limit_of(state, permit.bucket)
 
 
 def _note_error_headers(
@@ -470,13 +553,6 @@ def _note_bucket_headers(
     if status == 429:
         retry_after = _number(headers.get("Retry-After"))
         state["blocked_until"] = now + (retry_after if retry_after else 1.0)
-
-
-def _publish_errors(errors: State, now: float) -> None:
-    if errors["remain"] is not None:
-        metrics.ERROR_LIMIT_REMAINING.set(errors["remain"])
-    if errors["reset_at"] is not None:
-        metrics.ERROR_LIMIT_RESET_SECONDS.set(max(0.0, errors["reset_at"] - now))
 
 
 def _bucket_from_headers(headers: Mapping[str, str]) -> Bucket | None:

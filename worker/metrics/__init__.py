@@ -1,11 +1,12 @@
 """Prometheus metrics: names, labels and the HTTP endpoint.
 
 One module per area (``tokens``, ``esi``, ``jobs``); the gauges read from
-the database at scrape time are in ``collectors``, the zero-valued series
-made at start-up in ``series``, the endpoint in ``server``. Every metric is
-also importable from here. Labels are bounded: job, operation, status,
-outcome, SSO answer class, group. Never a character id, a token or
-anything that grows with the data.
+the database at scrape time are in ``collectors``; the cache and limit
+gauges read from the process's own state in ``refresh``; the zero-valued
+series made at start-up in ``series``, the endpoint in ``server``. Every
+metric is also importable from here. Labels are bounded: job, operation,
+status, outcome, SSO answer class, group, backend, limiter. Never a
+character id, a token or anything that grows with the data.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .jobs import (
     SCHEDULER_HEARTBEAT,
     SCHEDULER_LEADER,
 )
+from .refresh import SharedCacheProbe, refresh_process_gauges, start_refreshing
 from .series import prime_series
 from .server import multiprocess_registry, process_registry, start_metrics_server
 from .tokens import TOKEN_REFRESH_SECONDS, TOKEN_REFRESHES
@@ -74,9 +76,12 @@ __all__ = [
     "TOKEN_REFRESH_SECONDS",
     "DatabaseCollector",
     "JobIntervalCollector",
+    "SharedCacheProbe",
     "multiprocess_registry",
     "prime_series",
     "process_registry",
+    "refresh_process_gauges",
     "register_database_collector",
     "start_metrics_server",
+    "start_refreshing",
 ]

@@ -1,4 +1,11 @@
-"""Metrics of the ESI client: requests, pages, retries, cache and limits."""
+"""Metrics of the ESI client: requests, pages, retries, cache and limits.
+
+The cache and limit gauges are not set where requests happen: they are
+read from the caches and the limiter when Prometheus scrapes (or every
+few seconds in a worker process of a process group, see
+:mod:`worker.metrics.refresh`), so they decay while no request is made
+and are absent until the process has something to say.
+"""
 
 from __future__ import annotations
 
@@ -47,12 +54,15 @@ CACHE_REVALIDATIONS = Counter(
 )
 CACHE_ENTRIES = Gauge(
     "esi_worker_cache_entries",
-    "Entries held by the in-process response cache.",
+    "Entries held by the response cache, by backend (memory: this "
+    "process's own; redis: the shared one, reported by the scheduler).",
+    ["backend"],
     multiprocess_mode="livesum",
 )
 CACHE_BYTES = Gauge(
     "esi_worker_cache_bytes",
-    "Approximate bytes held by the in-process response cache.",
+    "Approximate bytes held by the response cache, by backend.",
+    ["backend"],
     multiprocess_mode="livesum",
 )
 CACHE_ERRORS = Counter(
@@ -62,19 +72,24 @@ CACHE_ERRORS = Counter(
 )
 ERROR_LIMIT_REMAINING = Gauge(
     "esi_worker_error_limit_remaining",
-    "Errors ESI still allows in the current window, as last seen.",
-    multiprocess_mode="min",
+    "Errors ESI still allows in the current window (the full budget once "
+    "the window has reset); absent until ESI has told. By limiter: shared "
+    "(state in Redis) or process (this process alone).",
+    ["limiter"],
+    multiprocess_mode="livemin",
 )
 ERROR_LIMIT_RESET_SECONDS = Gauge(
     "esi_worker_error_limit_reset_seconds",
-    "Seconds until ESI's error window resets, as last seen.",
-    multiprocess_mode="max",
+    "Seconds until ESI's error window resets (0 once it has), by limiter.",
+    ["limiter"],
+    multiprocess_mode="livemax",
 )
 RATE_LIMIT_FILL = Gauge(
     "esi_worker_rate_limit_fill_ratio",
-    "Share of a rate-limit bucket in use (0..1), by group.",
+    "Share of a rate-limit bucket spent within its window (0..1), by group; "
+    "the fullest bucket of the group.",
     ["group"],
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 ESI_LIMITED = Counter(
     "esi_worker_esi_limited",
@@ -86,3 +101,4 @@ ESI_HELD_SECONDS = Counter(
     "Time requests were held back by the limiter, by reason.",
     ["reason"],
 )
+

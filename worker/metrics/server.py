@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import REGISTRY, start_http_server
@@ -12,6 +12,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..errors import ConfigurationError
+from .refresh import refresh_process_gauges
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,19 @@ def start_metrics_server(
     return bound
 
 
-def process_registry() -> CollectorRegistry:
+def process_registry(
+    refreshers: Iterable[Callable[[], None]] = (),
+) -> CollectorRegistry:
     """A fresh registry showing this process's metrics, ready for extra collectors.
 
     Each server gets its own, so registering the database gauges twice
     (two runs in one interpreter, as in tests) never clashes.
+
+    :param refreshers: called on every scrape before the metrics are read,
+        after this process's cache and limit gauges are brought up to date.
     """
     registry = CollectorRegistry()
-    registry.register(_ProcessMetrics())
+    registry.register(_ProcessMetrics([refresh_process_gauges, *refreshers]))
     return registry
 
 
@@ -56,7 +62,15 @@ def multiprocess_registry(path: Path) -> CollectorRegistry:
 
 
 class _ProcessMetrics(Collector):
-    """Everything in the process-wide default registry."""
+    """Everything in the process-wide default registry, its gauges refreshed."""
+
+    def __init__(self, refreshers: list[Callable[[], None]]) -> None:
+        self._refreshers = refreshers
 
     def collect(self) -> Iterator[Metric]:
+        for refresh in self._refreshers:
+            try:
+                refresh()
+            except Exception as exc:  # noqa: BLE001 (a scrape shows what it can)
+                log.warning("gauges not refreshed: %s", type(exc).__name__)
         yield from REGISTRY.collect()
