@@ -178,7 +178,7 @@ def test_transient_503_is_retried_then_succeeds(client, emulator) -> None:
     emulator.configure(
         esi_faults=[{"status": 503, "count": 2, "path_contains": "/status/"}]
     )
-    retries = metrics.ESI_RETRIES.labels("get_status")
+    retries = metrics.ESI_RETRIES.labels("get_status", "transient")
     before = retries._value.get()
 
     # when

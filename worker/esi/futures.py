@@ -158,7 +158,7 @@ class CachingHttpFuture(HttpFuture):
             problem = disagreement([a.response for a in answers])
             if problem is None:
                 break
-            metrics.ESI_RETRIES.labels(name).inc()
+            metrics.ESI_RETRIES.labels(name, "pages").inc()
             log.warning(
                 "ESI %s pages disagree (%s); walk %d of %d",
                 name,

@@ -109,6 +109,7 @@ class EsiHttpClient(RequestsClient):
         """
         retries = self.settings.esi_retries if retries is None else retries
         name = operation_name(operation)
+        metrics.prime_operation(name)
         attempt = 0
         renewed = False
         while True:
@@ -194,6 +195,9 @@ class EsiHttpClient(RequestsClient):
             with raw:
                 response = EsiResponse.from_requests(raw)
         except TRANSIENT_EXCEPTIONS as exc:
+            metrics.ESI_REQUEST_SECONDS.labels(name).observe(
+                time.perf_counter() - started
+            )
             metrics.ESI_REQUESTS.labels(name, type(exc).__name__).inc()
             self.limiter.settle(permit, None, {}, name, self.clock)
             raise
@@ -262,7 +266,7 @@ class EsiHttpClient(RequestsClient):
 
     def _back_off(self, name: str, attempt: int, failure: str) -> None:
         delay = min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
-        metrics.ESI_RETRIES.labels(name).inc()
+        metrics.ESI_RETRIES.labels(name, "transient").inc()
         log.warning(
             "ESI %s failed (%s); retry %d in %.2f s",
             name,

@@ -5,7 +5,7 @@ the database at scrape time are in ``collectors``; the cache and limit
 gauges read from the process's own state in ``refresh``; the zero-valued
 series made at start-up in ``series``, the endpoint in ``server``. Every
 metric is also importable from here. Labels are bounded: job, operation,
-status, outcome, SSO answer class, group, backend, limiter. Never a
+status, outcome, reason, SSO answer class, group, backend, limiter. Never a
 character id, a token or anything that grows with the data.
 """
 
@@ -33,6 +33,7 @@ from .esi import (
     ESI_REQUESTS,
     ESI_RETRIES,
     RATE_LIMIT_FILL,
+    prime_operation,
 )
 from .jobs import (
     JOB_LAG_SECONDS,
@@ -78,6 +79,7 @@ __all__ = [
     "JobIntervalCollector",
     "SharedCacheProbe",
     "multiprocess_registry",
+    "prime_operation",
     "prime_series",
     "process_registry",
     "refresh_process_gauges",

@@ -9,7 +9,12 @@ and are absent until the process has something to say.
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# Why an ESI request was sent again (``esi_worker_esi_retries_total``).
+RETRY_REASONS = ("transient", "pages")
 
 ESI_REQUESTS = Counter(
     "esi_worker_esi_requests",
@@ -18,7 +23,7 @@ ESI_REQUESTS = Counter(
 )
 ESI_REQUEST_SECONDS = Histogram(
     "esi_worker_esi_request_seconds",
-    "ESI request latency, by operation.",
+    "ESI request latency, by operation (failed connections included).",
     ["operation"],
 )
 ESI_PAGES = Histogram(
@@ -34,8 +39,10 @@ ESI_NOT_MODIFIED = Counter(
 )
 ESI_RETRIES = Counter(
     "esi_worker_esi_retries",
-    "ESI requests retried after a transient failure, by operation.",
-    ["operation"],
+    "ESI requests sent again, by operation and reason: transient (a 502, "
+    "503, 504 or a failed connection) or pages (the pages of one results() "
+    "came from different snapshots and were all read again).",
+    ["operation", "reason"],
 )
 CACHE_HITS = Counter(
     "esi_worker_cache_hits",
@@ -102,3 +109,15 @@ ESI_HELD_SECONDS = Counter(
     ["reason"],
 )
 
+
+@functools.lru_cache(maxsize=4096)
+def prime_operation(name: str) -> None:
+    """Create the per-operation counters of ``name`` at zero, once.
+
+    Called on an operation's first request: its first retry, 304 or cache
+    hit then counts in ``rate()`` instead of appearing at 1.
+    """
+    for counter in (ESI_NOT_MODIFIED, CACHE_HITS, CACHE_MISSES, CACHE_REVALIDATIONS):
+        counter.labels(name)
+    for reason in RETRY_REASONS:
+        ESI_RETRIES.labels(name, reason)
