@@ -122,3 +122,23 @@ def test_a_database_failure_leaves_the_scrape_working_without_the_gauges(
 
     # when scraped, then the scrape succeeds and the gauges are simply absent
     assert not [k for k in _samples(registry) if k[0].startswith("esi_worker_tokens")]
+
+
+def test_valid_tokens_are_counted_by_when_their_access_token_expires(
+    runtime: Any, clean_db: Any
+) -> None:
+    # given access tokens expired, and expiring in 30 s, 200 s, 500 s and
+    # 1000 s, and a revoked one long expired
+    for character_id, expires_in_s in enumerate((-10, 30, 200, 500, 1000), start=1):
+        _insert_token(clean_db, character_id, expires_in_s=expires_in_s)
+    _insert_token(clean_db, 9, state="revoked", expires_in_s=-3600)
+    registry = CollectorRegistry()
+    register_database_collector(runtime, registry)
+
+    # when scraped
+    samples = _samples(registry)
+
+    # then each horizon counts the valid ones expiring within it (0: expired)
+    within = {h: samples[("esi_worker_access_tokens_expiring", (("within", h),))]
+              for h in ("0", "60", "300", "600")}
+    assert within == {"0": 1, "60": 2, "300": 3, "600": 4}

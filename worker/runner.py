@@ -171,25 +171,24 @@ def load_jobs(settings: Settings) -> tuple[dict[str, Job], JobRegistry]:
 def serve_metrics(settings: Settings, *, database_gauges: bool = True) -> int | None:
     """Serve ``/metrics`` unless the port is 0; returns the port bound.
 
-    :param database_gauges: also expose the gauges read from the database
-        (tokens, run queue) through the current runtime; the scheduler and
-        ``run`` do, workers do not, so a deployment shows them once.
+    :param database_gauges: also expose what a deployment shows once: the
+        gauges read from the database (tokens, run queue, each job's
+        record), the scheduler's heartbeat and the shared cache, through
+        the current runtime; the scheduler and ``run`` do, workers do not.
     """
     if not settings.metrics_port:
         return None
-    from .metrics.collectors import JobIntervalCollector, register_database_collector
+    from .metrics.scheduling import scheduler_registry
     from .metrics.series import prime_series
     from .metrics.server import process_registry
     from .runtime import current
 
-    registry = process_registry()
     if database_gauges:
-        runtime = current()
-        register_database_collector(runtime, registry)
         jobs, _registry = load_jobs(settings)
-        registry.register(JobIntervalCollector(
-            jobs, settings.job_intervals, clock=runtime.clock))
+        registry = scheduler_registry(current(), jobs)
         prime_series(jobs)
+    else:
+        registry = process_registry()
     return start_metrics_server(settings.metrics_host, settings.metrics_port, registry)
 
 

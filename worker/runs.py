@@ -415,13 +415,14 @@ def _finish(
         )
         return
     job_metrics.JOB_RUNS.labels(job=job.name, outcome=outcome).inc()
-    job_metrics.JOB_RUN_SECONDS.labels(job=job.name).observe(
-        (finished - started).total_seconds()
-    )
+    # A run deferred before it started (no stats) did no work: its ~0 s
+    # would only drag the job's durations down.
+    if stats is not None:
+        job_metrics.JOB_RUN_SECONDS.labels(job=job.name).observe(
+            (finished - started).total_seconds()
+        )
     if reason is not None:
         job_metrics.JOB_RUNS_DEFERRED.labels(job=job.name, reason=reason).inc()
-    if outcome == SUCCESS:
-        job_metrics.JOB_LAST_SUCCESS.labels(job=job.name).set(finished.timestamp())
 
 
 def _secrets(runtime: Runtime, ctx: JobContext) -> list[str]:

@@ -1,11 +1,12 @@
 """Prometheus metrics: names, labels and the HTTP endpoint.
 
 One module per area (``tokens``, ``esi``, ``jobs``); the gauges read from
-the database at scrape time are in ``collectors``; the cache and limit
-gauges read from the process's own state in ``refresh``; the zero-valued
-series made at start-up in ``series``, the endpoint in ``server``. Every
-metric is also importable from here. Labels are bounded: job, operation,
-status, outcome, reason, SSO answer class, group, backend, limiter. Never a
+the database at scrape time are in ``collectors`` and, for the
+scheduler's endpoint, ``scheduling``; the cache and limit gauges read
+from the process's own state in ``refresh``; the zero-valued series made
+at start-up in ``series``, the endpoint in ``server``. Every metric is
+also importable from here. Labels are bounded: job, operation, status,
+outcome, reason, SSO answer class, group, backend, limiter. Never a
 character id, a token or anything that grows with the data.
 """
 
@@ -37,7 +38,6 @@ from .esi import (
 )
 from .jobs import (
     JOB_LAG_SECONDS,
-    JOB_LAST_SUCCESS,
     JOB_RUN_SECONDS,
     JOB_RUNS,
     JOB_RUNS_DEFERRED,
@@ -45,6 +45,7 @@ from .jobs import (
     SCHEDULER_LEADER,
 )
 from .refresh import SharedCacheProbe, refresh_process_gauges, start_refreshing
+from .scheduling import JobRunCollector, SchedulerCollector, scheduler_registry
 from .series import prime_series
 from .server import multiprocess_registry, process_registry, start_metrics_server
 from .tokens import TOKEN_REFRESH_SECONDS, TOKEN_REFRESHES
@@ -66,7 +67,6 @@ __all__ = [
     "ESI_REQUEST_SECONDS",
     "ESI_RETRIES",
     "JOB_LAG_SECONDS",
-    "JOB_LAST_SUCCESS",
     "JOB_RUNS",
     "JOB_RUNS_DEFERRED",
     "JOB_RUN_SECONDS",
@@ -77,6 +77,8 @@ __all__ = [
     "TOKEN_REFRESH_SECONDS",
     "DatabaseCollector",
     "JobIntervalCollector",
+    "JobRunCollector",
+    "SchedulerCollector",
     "SharedCacheProbe",
     "multiprocess_registry",
     "prime_operation",
@@ -84,6 +86,7 @@ __all__ = [
     "process_registry",
     "refresh_process_gauges",
     "register_database_collector",
+    "scheduler_registry",
     "start_metrics_server",
     "start_refreshing",
 ]

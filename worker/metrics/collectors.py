@@ -8,9 +8,10 @@ in memory between scrapes, so they are right after a restart too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Horizons of ``esi_worker_tokens_expiring``, in seconds.
 EXPIRY_HORIZONS_S = (300, 1200, 3600, 86400)
+# Horizons of ``esi_worker_access_tokens_expiring`` (0: already expired);
+# an access token lives 20 minutes.
+ACCESS_HORIZONS_S = (0, 60, 300, 600)
 # Refresh tokens reportedly stop working after about 30 days without use
 # (ESI.md 1.6, UNVERIFIED); CCP's docs say they last until revoked.
 REFRESH_IDLE_EXPIRY_S = 30 * 86400.0
@@ -40,11 +44,16 @@ _HORIZON_SQL = (
     "count(*) FILTER (WHERE state = %(valid)s"
     " AND lost_at <= %(now)s + interval '{s} s')"
 )
+_ACCESS_SQL = (
+    "count(*) FILTER (WHERE state = %(valid)s"
+    " AND access_expires <= %(now)s + interval '{s} s')"
+)
 _TOKENS_SQL = f"""
 SELECT state, count(*),
-       {", ".join(_HORIZON_SQL.format(s=s) for s in EXPIRY_HORIZONS_S)}
+       {", ".join(_HORIZON_SQL.format(s=s) for s in EXPIRY_HORIZONS_S)},
+       {", ".join(_ACCESS_SQL.format(s=s) for s in ACCESS_HORIZONS_S)}
 FROM (
-    SELECT state,
+    SELECT state, access_expires,
            CASE WHEN refresh_token IS NULL THEN access_expires
                 ELSE access_expires + %(idle)s * interval '1 s'
            END AS lost_at
@@ -58,13 +67,16 @@ _QUEUED_SQL = (
 
 
 class DatabaseCollector(Collector):
-    """Token counts by state and by time to loss, and the depth of the run queue.
+    """Token counts by state and by time to expiry, and the depth of the run queue.
 
     A token is *about to be lost* (``esi_worker_tokens_expiring``) when it is
     valid and nothing will keep it past the horizon: without a refresh token
     it dies with its access token; with one, it dies when the refresh token
     has gone unused for ``idle_expiry_s`` (counted from the last successful
-    refresh). A healthy worker shows zero in every horizon.
+    refresh; the 30 days reported for SSO are unverified). A healthy worker
+    shows zero in every horizon. ``esi_worker_access_tokens_expiring``
+    counts valid tokens by when their access token expires, which needs no
+    such assumption.
     """
 
     def __init__(
@@ -85,19 +97,21 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Count from the database; on failure yield nothing and log why."""
         try:
-            by_state, expiring, queued = self._read()
-        except Exception as exc:  # any database trouble must not break the scrape
+            by_state, expiring, access, queued = self._read()
+        except Exception as exc:  # noqa: BLE001 (no trouble may break a scrape)
             log.warning("database gauges unavailable: %s", type(exc).__name__)
             return
         from ..tokens.token import STATES  # not at import: tokens import metrics
 
-        tokens, tokens_expiring, queue_depth = self._families()
+        tokens, tokens_expiring, access_expiring, queue_depth = self._families()
         for state in sorted(set(STATES) | set(by_state)):
             tokens.add_metric([state], by_state.get(state, 0))
         for horizon, count in zip(EXPIRY_HORIZONS_S, expiring, strict=True):
             tokens_expiring.add_metric([str(horizon)], count)
+        for horizon, count in zip(ACCESS_HORIZONS_S, access, strict=True):
+            access_expiring.add_metric([str(horizon)], count)
         queue_depth.add_metric([], queued)
-        yield from (tokens, tokens_expiring, queue_depth)
+        yield from (tokens, tokens_expiring, access_expiring, queue_depth)
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
@@ -112,12 +126,18 @@ class DatabaseCollector(Collector):
                 labels=["within"],
             ),
             GaugeMetricFamily(
+                "esi_worker_access_tokens_expiring",
+                "Valid tokens whose access token expires within `within` "
+                "seconds (0: has expired); a refresh renews it.",
+                labels=["within"],
+            ),
+            GaugeMetricFamily(
                 "esi_worker_job_queue_depth",
                 "Job runs queued and not yet started.",
             ),
         )
 
-    def _read(self) -> tuple[dict[str, int], list[int], int]:
+    def _read(self) -> tuple[dict[str, int], list[int], list[int], int]:
         params = {"valid": "valid", "now": self._clock.now(), "idle": self._idle_s}
         with self._pool.connection() as conn:
             conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
@@ -125,11 +145,14 @@ class DatabaseCollector(Collector):
             queued = conn.execute(_QUEUED_SQL).fetchone()
 
         by_state = {str(row[0]): int(row[1]) for row in rows}
-        expiring = [
-            sum(int(row[2 + i]) for row in rows)
-            for i in range(len(EXPIRY_HORIZONS_S))
-        ]
-        return by_state, expiring, int(queued[0]) if queued else 0
+        first = 2 + len(EXPIRY_HORIZONS_S)
+        expiring = _column_sums(rows, 2, first)
+        access = _column_sums(rows, first, first + len(ACCESS_HORIZONS_S))
+        return by_state, expiring, access, int(queued[0]) if queued else 0
+
+
+def _column_sums(rows: list[Any], start: int, stop: int) -> list[int]:
+    return [sum(int(row[i]) for row in rows) for i in range(start, stop)]
 
 
 def register_database_collector(
@@ -172,7 +195,7 @@ class JobIntervalCollector(Collector):
         for name in sorted(self._jobs):
             try:
                 family.add_metric([name], self._period_s(name))
-            except Exception as exc:  # a plugin's odd schedule must not break scrapes
+            except Exception as exc:  # noqa: BLE001 (a plugin's odd schedule)
                 log.warning("no period for job %r: %s", name, exc, extra={"job": name})
         yield family
 
@@ -182,6 +205,14 @@ class JobIntervalCollector(Collector):
             "How often each job is due, in seconds (the operator's override if set).",
             labels=["job"],
         )
+
+    def periods(self) -> dict[str, float]:
+        """Each job's period in seconds; jobs whose period fails are left out."""
+        periods = {}
+        for name in self._jobs:
+            with contextlib.suppress(Exception):  # logged when scraped
+                periods[name] = self._period_s(name)
+        return periods
 
     def _period_s(self, name: str) -> float:
         job = self._jobs[name]
