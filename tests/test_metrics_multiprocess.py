@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -138,3 +140,115 @@ def test_database_gauges_come_from_the_scheduler_and_not_from_workers(
     valid = [s for s in scheduler["esi_worker_tokens"].samples
              if s.labels == {"state": "valid"}]
     assert valid and valid[0].value == 1
+
+
+def test_scheduler_gauges_come_from_the_scheduler_and_limits_from_workers(
+    deployment: dict[str, Any],
+) -> None:
+    # when both endpoints are up and the workers have called ESI
+    ports = deployment["ports"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        scheduler, worker = _families(ports["scheduler"]), _families(ports["worker"])
+        if "esi_worker_error_limit_remaining" in worker and _has_samples(
+                worker["esi_worker_error_limit_remaining"]):
+            break
+        time.sleep(0.5)
+
+    # then the heartbeat is the scheduler's alone (workers report none, not
+    # 0), and only the processes that called ESI report its error budget
+    for name in ("esi_worker_scheduler_heartbeat_timestamp_seconds",
+                 "esi_worker_scheduler_leader"):
+        assert _has_samples(scheduler.get(name)), (name, _logs(deployment["logs"]))
+        assert not _has_samples(worker.get(name)), name
+    assert _has_samples(worker.get("esi_worker_error_limit_remaining")), _logs(
+        deployment["logs"])
+    assert not _has_samples(scheduler.get("esi_worker_error_limit_remaining"))
+
+
+def test_a_worker_process_that_dies_leaves_its_counts_and_takes_its_gauges(
+    deployment: dict[str, Any],
+) -> None:
+    # given worker processes, one of which has published gauges (cache,
+    # limits: only a process that called ESI has them)
+    launcher = deployment["procs"]["worker"]
+    metrics_dir = _launcher_metrics_dir(launcher.pid)
+    deadline = time.monotonic() + 60
+    published: list[int] = []
+    while time.monotonic() < deadline and not published:
+        published = [c for c in _children(launcher.pid) if _live_files(metrics_dir, c)]
+        time.sleep(0.5)
+    assert published, (sorted(p.name for p in metrics_dir.iterdir()),
+                       _logs(deployment["logs"]))
+    counted = _runs_counted(_families(deployment["ports"]["worker"]))
+
+    # when that one is killed outright
+    victim = published[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and victim in _children(launcher.pid):
+        time.sleep(0.2)
+    while time.monotonic() < deadline and len(_children(launcher.pid)) < 2:
+        time.sleep(0.2)
+
+    # then it is replaced; its live gauge files are gone, so its cache and
+    # limit values no longer count, while its counters still do
+    assert victim not in _children(launcher.pid) and len(_children(launcher.pid)) >= 2
+    assert not _live_files(metrics_dir, victim), sorted(p.name for p in metrics_dir.iterdir())
+    assert (metrics_dir / f"counter_{victim}.db").exists()
+    assert _runs_counted(_families(deployment["ports"]["worker"])) >= counted
+
+
+def test_a_killed_launcher_s_metrics_folder_is_removed_by_the_next(
+    settings: Any,
+) -> None:
+    # given the folder of a launcher that is gone, and one of a running one
+    from worker.launcher import TEMP_PREFIX, _metrics_dir
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    root = Path(tempfile.gettempdir())
+    orphan = root / f"{TEMP_PREFIX}{gone.pid}-test{uuid.uuid4().hex[:6]}"
+    alive = root / f"{TEMP_PREFIX}{os.getpid()}-test{uuid.uuid4().hex[:6]}"
+    orphan.mkdir()
+    alive.mkdir()
+    (orphan / "counter_1.db").write_bytes(b"")
+
+    # when a launcher picks its own folder
+    mine, owned = _metrics_dir(settings.replace(metrics_multiproc_dir=None))
+    try:
+        # then the orphan is gone, the running launcher's folder stays, and
+        # the new folder names this launcher's pid
+        assert owned and mine.name.startswith(f"{TEMP_PREFIX}{os.getpid()}-")
+        assert not orphan.exists()
+        assert alive.exists()
+    finally:
+        for path in (mine, alive, orphan):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _has_samples(family: Any) -> bool:
+    return bool(family is not None and family.samples)
+
+
+def _children(pid: int) -> list[int]:
+    # The worker processes, not multiprocessing's resource tracker.
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"],
+                           capture_output=True, text=True, check=False).stdout.split()
+    return [int(p) for p in found]
+
+
+def _launcher_metrics_dir(pid: int) -> Path:
+    from worker.launcher import TEMP_PREFIX
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = list(Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}{pid}-*"))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no metrics folder of launcher {pid}")
+
+
+def _live_files(path: Path, pid: int) -> list[Path]:
+    return list(path.glob(f"gauge_live*_{pid}.db"))

@@ -26,6 +26,7 @@ from .signals import stop_on_signals
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+TEMP_PREFIX = "esi-worker-metrics-"
 STOP_TIMEOUT_S = 30.0
 POLL_S = 1.0
 
@@ -99,12 +100,34 @@ def _worker_process(settings: Settings) -> None:
 def _metrics_dir(settings: Settings) -> tuple[Path, bool]:
     # Files of an earlier launch would be added to this one's counters.
     if settings.metrics_multiproc_dir is None:
-        return Path(tempfile.mkdtemp(prefix="esi-worker-metrics-")), True
+        _remove_orphaned_dirs(Path(tempfile.gettempdir()))
+        prefix = f"{TEMP_PREFIX}{os.getpid()}-"
+        return Path(tempfile.mkdtemp(prefix=prefix)), True
     path = settings.metrics_multiproc_dir
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     return path, False
+
+
+def _remove_orphaned_dirs(root: Path) -> None:
+    # A launcher killed with SIGKILL never reaches its cleanup; its folder
+    # names its pid, so the next launch can tell it is gone.
+    for path in root.glob(f"{TEMP_PREFIX}*-*"):
+        pid = path.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            log.info("removing the metrics folder %s of a launcher that is gone", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _mark_dead(pid: int | None) -> None:

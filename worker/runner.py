@@ -175,6 +175,7 @@ def serve_metrics(settings: Settings, *, database_gauges: bool = True) -> int | 
         gauges read from the database (tokens, run queue, each job's
         record), the scheduler's heartbeat and the shared cache, through
         the current runtime; the scheduler and ``run`` do, workers do not.
+    :raises ConfigurationError: the port is taken by another process.
     """
     if not settings.metrics_port:
         return None

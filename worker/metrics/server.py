@@ -30,8 +30,8 @@ def start_metrics_server(
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}): "
-            "set ESI_WORKER_METRICS_PORT to a free port, or 0 to turn "
-            "the metrics endpoint off"
+            "give each process its own ESI_WORKER_METRICS_PORT (0 turns the "
+            "endpoint off)"
         ) from exc
     bound = int(server.server_address[1])
     log.info("metrics served on http://%s:%d/metrics", host, bound)
