@@ -63,13 +63,16 @@ JOB_INTERVALS = {
 # mid-walk, a 429.
 EMULATOR_SWITCHES = {
     "cache_ttl_s": 10,
-    "owner_changes": [96224792],
     "esi_faults": [
         {"status": 503, "path_contains": "/markets/", "count": 6},
         {"status": 429, "path_contains": "/universe/", "retry_after": 1, "count": 1},
     ],
     "esi_mutations": [{"path_contains": "/markets/", "bump_after": 2, "bumps": 2}],
 }
+# Switched once Prometheus has scraped the worker: a refresh failure made
+# before the first scrape would show as a counter already at 1, never as
+# a rate (seen on a loaded machine, where Prometheus starts late).
+OWNER_CHANGE = {"owner_changes": [96224792]}
 # Once Mitani's owner change is seen: SSO fails one refresh and rejects
 # the application once (which would hold Mitani's refresh back 2 minutes).
 SSO_FAULTS = {"sso_faults": [{"status": 503}, {"kind": "invalid_client"}]}
@@ -519,12 +522,17 @@ def _drive(run: ObservedRun, other_app: str) -> None:
     # what was never seen fails the tests that need it, with the logs.
     rules = _alert_rules()
     wanted = {**MUST_MOVE, **{name: rules[name]["expr"] for name in DRIVEN_ALERTS}}
-    spent_at, faults_on = -math.inf, False
+    spent_at, faults_on, owner_switched = -math.inf, False, False
     deadline = time.monotonic() + DRIVE_DEADLINE_S
     while time.monotonic() < deadline and set(wanted) - set(run.seen):
         for name in sorted(set(wanted) - set(run.seen)):
             if run.query(wanted[name]):
                 run.seen[name] = time.time()
+        if not owner_switched and run.query(
+            'sum(esi_worker_token_refreshes_total{outcome="owner_changed"}) == 0'
+        ):
+            run.switch(OWNER_CHANGE)
+            owner_switched = True
         if "EsiWorkerTokenRefreshDead" in run.seen and not faults_on:
             run.switch(SSO_FAULTS)
             faults_on = True
