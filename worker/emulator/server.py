@@ -49,7 +49,7 @@ class Emulator:
         where = self.base_url if self._server else "stopped"
         return f"<Emulator {where}>"
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> Emulator:  # noqa: PYI034 (start() may return another)
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -246,7 +246,12 @@ class _Server(ThreadingHTTPServer):
                 pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %r ended abruptly", client_address, exc_info=True)
+        # socketserver calls this inside its except block: the error is there.
+        log.debug(
+            "connection from %r ended abruptly",
+            client_address,
+            exc_info=True,  # noqa: LOG014
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -310,5 +315,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
+        if response.cut:
+            self.wfile.write(response.body[: len(response.body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if response.body:
             self.wfile.write(response.body)
