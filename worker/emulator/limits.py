@@ -34,7 +34,12 @@ class ErrorLimiter:
             return max(0, budget - self._errors), max(0, reset_s)
 
     def record(self, status: int, window_s: float) -> None:
-        """Count one error (the caller decides which answers are errors)."""
+        """Count ``status`` if it is an error (4xx/5xx other than 420 itself).
+
+        Which errors reach here is the caller's choice (the switches).
+        """
+        if status < 400 or status == 420:
+            return
         with self._lock:
             self._roll(window_s)
             self._errors += 1

@@ -68,7 +68,7 @@ class CachedResponse:
     )
     """What an in-process cache keeps beside the entry; never stored."""
 
-    def decoded(self, kind: str = "") -> JsonCopier | None:
+    def decoded(self, kind: str = "formats") -> JsonCopier | None:
         """The parsed answer an in-process cache keeps beside the entry.
 
         :param kind: how it was parsed (dates as objects or as text), so
@@ -192,7 +192,7 @@ class MemoryCache:
             return item[0]
 
     def keep_decoded(
-        self, key: str, entry: CachedResponse, copier: JsonCopier, kind: str = ""
+        self, key: str, entry: CachedResponse, copier: JsonCopier, kind: str = "formats"
     ) -> None:
         """Keep the parsed answer of ``entry`` with it, counted in the budget.
 

@@ -197,7 +197,7 @@ class EsiHttpClient(RequestsClient):
             # behind would count as in flight for minutes.
             status = response.status_code if response is not None else None
             headers = response.headers if response is not None else {}
-            self.limiter.settle(permit, status, headers, self.clock)
+            self.limiter.settle(permit, status, headers, name, self.clock)
 
         metrics.ESI_REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
         metrics.ESI_REQUESTS.labels(name, str(response.status_code)).inc()

@@ -187,14 +187,22 @@ class Limiter:
             else:
                 self._hold(permit, reason, value, clock)
 
+    def bucket_for(self, operation: str, declared: Bucket | None) -> Bucket | None:
+        """The operation's bucket: as ESI's answers last named it, else the spec's."""
+        return self._groups.get(operation, declared)
+
     def settle(
         self,
         permit: Permit,
         status: int | None,
         headers: Mapping[str, str],
+        operation: str,
         clock: Clock,
     ) -> None:
-        """Record an answer (``status`` None: no answer) against the limits."""
+        """Record an answer (``status`` None: no answer) against the limits.
+
+        :param operation: as given to :meth:`acquire` (the permit keeps it).
+        """
         told = bucket_from_headers(headers)
         if status in (420, 429):
             metrics.ESI_LIMITED.labels(str(status)).inc()
