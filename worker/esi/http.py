@@ -266,9 +266,15 @@ class EsiHttpClient(RequestsClient):
         self, request_params: dict[str, Any], operation: Operation | None
     ) -> requests.PreparedRequest:
         params = {k: v for k, v in request_params.items() if k not in _MISC_OPTIONS}
-        params["headers"] = {**self.base_headers, **params["headers"]}
+        params["headers"] = {
+            **self.session.headers,
+            **self.base_headers,
+            **params["headers"],
+        }
         params["params"] = {k: v for k, v in params["params"].items() if k != "token"}
-        prepared = self.session.prepare_request(requests.Request(**params))
+        # Not session.prepare_request: it merges cookies, auth and hooks we
+        # never set, through typing-Protocol checks costing ~0.1 ms a call.
+        prepared = requests.Request(**params).prepare()
 
         if needs_token(operation) and self.token is not None:
             access_token = self.token.valid_access_token()
