@@ -25,7 +25,8 @@
     │   ├── SpecError                       the spec could not be loaded
     │   ├── PagesInconsistentError          pages kept coming from two snapshots
     │   ├── ScopeMissingError               the token lacks the operation's scope
-    │   └── InvalidLanguageError (ValueError)
+    │   ├── InvalidLanguageError (ValueError)
+    │   └── InvalidParameterError (ValueError)  a call's arguments do not fit
     └── JobError                            a job could not be found or run
         ├── UnknownJobError (LookupError)
         ├── JobDefinitionError (ValueError)
@@ -199,6 +200,20 @@ class ScopeMissingError(ESIError):
 
 class InvalidLanguageError(ESIError, ValueError):
     """A language ESI does not serve was asked for."""
+
+
+class InvalidParameterError(ESIError, ValueError):
+    """An operation was called with arguments its spec does not accept.
+
+    Raised before any request: an unknown or missing parameter, or a value
+    of the wrong type or outside the parameter's enum.
+    """
+
+    def __init__(self, message: str, *, operation: str,
+                 parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.parameter = parameter
 
 
 # -- jobs -------------------------------------------------------------------

@@ -22,6 +22,15 @@ PRODUCTION_SSO_URL = "https://login.eveonline.com"
 PRODUCTION_ESI_URL = "https://esi.evetech.net"
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+OLDEST_COMPATIBILITY_DATE = dt.date(2020, 1, 1)
+"""The oldest date ESI's ``/meta/compatibility-dates`` lists (ESI.md 3.1b)."""
+ESI_DAY_STARTS_UTC = dt.timedelta(hours=11)
+"""ESI's compatibility "day" flips at 11:00 UTC, not midnight (ESI.md 3.1b)."""
+
+
+def esi_today(now: dt.datetime) -> dt.date:
+    """The newest compatibility date ESI accepts at ``now`` (an aware instant)."""
+    return (now.astimezone(dt.UTC) - ESI_DAY_STARTS_UTC).date()
 
 
 class Settings(BaseSettings):
@@ -94,7 +103,15 @@ class Settings(BaseSettings):
         default="auto", pattern=r"^(auto|openapi|swagger|bundled)$"
     )
     esi_spec_max_age_s: float = Field(default=3600.0, ge=0)
-    esi_parse_formats: bool = False  # dates as datetime, as bravado does (slow)
+    # Date-time and date fields as datetime/date objects, as bravado and
+    # django-esi return them; False leaves them as ESI's ISO 8601 text.
+    esi_parse_formats: bool = True
+    # Namespace of every Redis key the ESI client writes (limits, response
+    # cache, spec cache), so several deployments can share one Redis.
+    esi_redis_prefix: str = Field(default="esi-worker:", min_length=1)
+    # A paged walk refuses an X-Pages above this rather than sending that
+    # many requests (the biggest real result, The Forge's orders, ~400).
+    esi_max_pages: int = Field(default=2000, ge=1)
     esi_error_budget: int = Field(default=100, ge=1)
     esi_error_limit_threshold: int = Field(default=20, ge=0)
     esi_rate_limit_margin: float = Field(default=0.05, ge=0, lt=1)
@@ -186,8 +203,17 @@ class Settings(BaseSettings):
         if not _DATE_RE.match(value):
             raise ValueError(f"expected YYYY-MM-DD, got {value!r}")
         day = dt.date.fromisoformat(value)
-        if day > dt.datetime.now(dt.UTC).date():
-            raise ValueError(f"{value} is in the future; ESI refuses future dates")
+        today = esi_today(dt.datetime.now(dt.UTC))
+        if day > today:
+            raise ValueError(
+                f"{value} is in the future for ESI, whose day starts at "
+                f"11:00 UTC (today is {today}); ESI refuses future dates"
+            )
+        if day < OLDEST_COMPATIBILITY_DATE:
+            raise ValueError(
+                f"{value} is older than ESI's oldest compatibility date, "
+                f"{OLDEST_COMPATIBILITY_DATE}"
+            )
         return value
 
     @field_validator("sso_base_url", "esi_base_url")

@@ -108,7 +108,10 @@ class RecordingServer:
 
             def _reply(self) -> None:
                 status, content_type, body = server.reply
-                self.send_response(status)
+                # Only one Date: a test may give the answer an old one.
+                self.send_response_only(status)
+                if "Date" not in server.headers:
+                    self.send_header("Date", self.date_time_string())
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 for name, value in server.headers.items():
@@ -145,6 +148,36 @@ def esi_settings(emulator: Emulator) -> Settings:
         contact_email="tests@example.invalid",
         esi_retries=2,
     )
+
+
+@pytest.fixture
+def clocked_emulator(clock: FrozenClock) -> Iterator[Emulator]:
+    """An emulator of this test's own on the test's frozen clock.
+
+    Cache lifetimes are counted against ESI's ``Date`` as well as our
+    clock: a test moving time for the client must move it for ESI too.
+    """
+    from worker.emulator import Emulator, EmulatorConfig
+
+    emulator = Emulator(EmulatorConfig(cache_ttl_s=3600), clock=clock)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def clocked_client(
+    clocked_emulator: Emulator, clock: FrozenClock, cache: MemoryCache
+) -> SwaggerClient:
+    """A client without a token on :func:`clocked_emulator`."""
+    settings = Settings(
+        esi_base_url=clocked_emulator.base_url,
+        sso_base_url=clocked_emulator.base_url,
+        contact_email="tests@example.invalid",
+        esi_retries=2,
+        esi_spec_source="bundled",
+    )
+    return esi_client_factory(settings=settings, cache=cache, clock=clock)
 
 
 @pytest.fixture
@@ -195,6 +228,58 @@ def static_token() -> type[StaticToken]:
 def recording_server() -> Iterator[RecordingServer]:
     """A server that records request headers (the emulator keeps none)."""
     with RecordingServer() as server:
+        yield server
+
+
+class RoutedServer:
+    """A plain HTTP server answering each path prefix with its canned reply."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, str, bytes]] = {}
+        self.requests: list[str] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # http.server's naming
+                server.requests.append(self.path)
+                path = self.path.split("?", 1)[0]
+                found = [p for p in server.routes if path.startswith(p)]
+                status, content_type, body = (
+                    server.routes[max(found, key=len)]
+                    if found
+                    else (404, "text/plain", b"404 page not found")
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def routed_server() -> Iterator[RoutedServer]:
+    """A server with a canned answer per path (for spec sources that fail)."""
+    with RoutedServer() as server:
         yield server
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import secrets
 from collections.abc import Iterator
@@ -29,9 +30,13 @@ def entry(body: str = "[]", expires_at: float = 0.0) -> CachedResponse:
     )
 
 
-def max_age_s(response) -> float:
+ALLIANCE = 99005443  # recorded with an ETag of its own, stable across generations
+
+
+def max_age_s(response, clock: FrozenClock | None = None) -> float:
     """The lifetime ESI gave an answer."""
-    return freshness_s(response.headers, dt.datetime.now(dt.UTC)) or 0.0
+    now = clock.now() if clock is not None else dt.datetime.now(dt.UTC)
+    return freshness_s(response.headers, now) or 0.0
 
 
 @pytest.fixture(autouse=True)
@@ -91,43 +96,44 @@ def test_ignore_cache_asks_esi_again(esi_requests, client, emulator) -> None:
 
 
 def test_stale_answer_is_revalidated_with_its_etag(
-    client, emulator, clock: FrozenClock
+    clocked_client, clocked_emulator, clock: FrozenClock
 ) -> None:
-    # given a cached answer whose lifetime has run out
-    first, response = client.Universe.get_universe_types_type_id(
-        type_id=35, _request_options={"also_return_response": True}
+    # given a cached answer whose lifetime has run out (for ESI as well),
+    # of a route whose recorded ETag outlives ESI's cache generations
+    op = clocked_client.Alliance.get_alliances_alliance_id
+    first, response = op(
+        alliance_id=ALLIANCE, _request_options={"also_return_response": True}
     ).result()
-    clock.advance(max_age_s(response) + 1)
+    clock.advance(max_age_s(response, clock) + 1)
 
     # when
-    future = client.Universe.get_universe_types_type_id(
-        type_id=35, _request_options={"also_return_response": True}
-    )
+    future = op(alliance_id=ALLIANCE, _request_options={"also_return_response": True})
     data, response = future.result()
 
     # then
     assert data == first
     assert future.not_modified is True and response.not_modified is True
-    assert emulator.stats()["esi_requests_by_status"] == {200: 1, 304: 1}
+    assert clocked_emulator.stats()["esi_requests_by_status"] == {200: 1, 304: 1}
 
 
 def test_revalidated_answer_is_fresh_again(
-    esi_requests, client, emulator, clock: FrozenClock
+    clocked_client, clocked_emulator, clock: FrozenClock
 ) -> None:
-    # given an answer revalidated by a 304
-    _data, response = client.Status.get_status(
-        _request_options={"also_return_response": True}
+    # given an answer revalidated by a 304 once ESI's copy went stale
+    op = clocked_client.Alliance.get_alliances_alliance_id
+    _data, response = op(
+        alliance_id=ALLIANCE, _request_options={"also_return_response": True}
     ).result()
-    clock.advance(max_age_s(response) + 1)
-    client.Status.get_status().result()
+    clock.advance(max_age_s(response, clock) + 1)
+    op(alliance_id=ALLIANCE).result()
 
     # when
-    future = client.Status.get_status()
+    future = op(alliance_id=ALLIANCE)
     future.result()
 
     # then
     assert future.from_cache is True
-    assert esi_requests() == 2
+    assert clocked_emulator.stats()["esi_requests_by_status"] == {200: 1, 304: 1}
 
 
 def test_each_language_is_cached_apart(esi_requests, client, emulator) -> None:
@@ -218,6 +224,97 @@ def test_lifetime_comes_from_max_age_or_expires(headers, expected) -> None:
 def test_lifetimes_that_must_not_cache(headers) -> None:
     # given / when / then
     assert freshness_s(headers, NOW) is None
+
+
+HOUR_AGO = "Fri, 02 Jan 2026 11:00:00 GMT"
+DAY_AGO = "Thu, 01 Jan 2026 12:00:00 GMT"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        # an old Date: only what is left until Expires counts
+        ({"Expires": "Fri, 02 Jan 2026 11:59:00 GMT", "Date": HOUR_AGO}, None),
+        ({"Expires": "Fri, 02 Jan 2026 12:05:00 GMT", "Date": DAY_AGO}, 300.0),
+        ({"Cache-Control": "max-age=3900", "Date": HOUR_AGO}, 300.0),
+        # Age: relayed by a cache that held it that long
+        ({"Cache-Control": "max-age=300", "Age": "299", "Date": DATE}, 1.0),
+        ({"Cache-Control": "max-age=300", "Age": "3000", "Date": DATE}, None),
+        ({"Expires": "Fri, 02 Jan 2026 12:05:00 GMT", "Age": "60", "Date": DATE}, 240.0),
+        ({"Cache-Control": "max-age=300", "Age": "junk"}, 300.0),
+        # far-off lifetimes end at the cap (one day, or the route's own)
+        ({"Cache-Control": "max-age=1e9"}, 86400.0),
+        ({"Expires": "Fri, 31 Dec 9999 23:59:59 GMT", "Date": DATE}, 86400.0),
+        ({"Cache-Control": "max-age=inf"}, None),
+    ],
+)
+def test_old_relayed_or_far_off_answers_are_not_fresh_for_long(headers, expected):
+    # given / when / then
+    assert freshness_s(headers, NOW) == expected
+
+
+def test_a_lifetime_never_outlasts_the_cap_it_is_given() -> None:
+    # given / when / then
+    assert freshness_s({"Cache-Control": "max-age=3600"}, NOW, cap_s=30) == 30.0
+
+
+def test_an_answer_outliving_its_routes_cache_time_is_asked_again(
+    clocked_client, clocked_emulator, clock: FrozenClock
+) -> None:
+    # given an ESI answering with an hour of life on a route cached for 30 s
+    op = clocked_client.Status.get_status
+    op().result()
+
+    # when
+    clock.advance(31)
+    future = op()
+    future.result()
+
+    # then it was not served from the cache
+    assert future.from_cache is False
+    assert clocked_emulator.stats()["esi_requests"] == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Expires": "Fri, 02 Jan 2026 11:59:00 GMT", "Date": HOUR_AGO},
+        {"Cache-Control": "max-age=300", "Age": "301"},
+    ],
+)
+def test_an_answer_already_stale_on_arrival_is_not_cached(
+    esi_settings, recording_server, headers
+) -> None:
+    # given a server relaying an old answer
+    recording_server.reply = (200, "application/json", STATUS_BODY)
+    recording_server.headers = _relative(headers)
+    settings = esi_settings.replace(
+        esi_base_url=recording_server.base_url, esi_spec_source="bundled"
+    )
+    cache = MemoryCache()
+    client = esi_client_factory(settings=settings, cache=cache)
+
+    # when
+    client.Status.get_status().result()
+    client.Status.get_status().result()
+
+    # then
+    assert len(recording_server.requests) == 2
+
+
+STATUS_BODY = b'{"players": 1, "server_version": "1", "start_time": "2020-01-01T00:00:00Z"}'
+
+
+def _relative(headers: dict[str, str]) -> dict[str, str]:
+    """The case's headers moved from NOW to the real now (the server's Date)."""
+    shift = dt.datetime.now(dt.UTC) - NOW
+    out = {}
+    for name, value in headers.items():
+        if name in ("Expires", "Date"):
+            moved = email.utils.parsedate_to_datetime(value) + shift
+            value = email.utils.format_datetime(moved, usegmt=True)
+        out[name] = value
+    return out
 
 
 def test_answer_without_lifetime_is_not_cached(esi_settings, recording_server) -> None:
@@ -427,3 +524,92 @@ def test_a_failing_keep_decoded_does_not_fail_the_call(
     # then
     assert data["name"] == "Pyerite"
     assert errors._value.get() - before == 1
+
+
+# -- what a shared cache may hold (finding 11) -----------------------------------
+
+FAR = 4_000_000_000.0
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        lambda r, k: r.set(k, b"\x80\x81 not json"),
+        lambda r, k: r.set(k, b"[1,2,3]"),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": [], "body": "{}", "expires_at": FAR})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": {}, "body": "garbage{", "expires_at": FAR})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": {}, "body": 12345, "expires_at": FAR})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 500, "headers": {}, "body": '{"error":"x"}', "expires_at": FAR})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": "abc", "headers": {}, "body": "{}", "expires_at": FAR})),
+        lambda r, k: r.set(
+            k, b'{"status":200,"headers":{},"body":"{}","expires_at":NaN}'),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": {}, "body": "{}", "expires_at": "x"})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": {}, "body": '{"start_time": "noon"}',
+             "expires_at": FAR})),
+        lambda r, k: r.set(k, json.dumps(
+            {"status": 200, "headers": {}, "body": "[1, 2]", "expires_at": FAR})),
+        lambda r, k: (r.delete(k), r.hset(k, "a", "b")),
+        lambda r, k: (r.delete(k), r.rpush(k, "a")),
+    ],
+    ids=[
+        "not-json", "json-list", "headers-a-list", "body-not-json", "body-a-number",
+        "status-500", "status-text", "expires-nan", "expires-text", "bad-date",
+        "wrong-shape", "a-hash", "a-list",
+    ],
+)
+def test_garbage_in_the_shared_cache_is_counted_dropped_and_fetched_anew(
+    emulator, esi_settings, redis_prefix, caplog, plant
+) -> None:
+    # given an entry of the status call replaced by garbage
+    cache = RedisCache(REDIS_URL, prefix=redis_prefix)
+    client = esi_client_factory(settings=esi_settings, cache=cache)
+    client.Status.get_status().result()
+    server = redis.Redis.from_url(REDIS_URL)
+    (key,) = list(server.scan_iter(f"{redis_prefix}*"))
+    plant(server, key)
+    errors = metrics.CACHE_ERRORS.labels("RedisCache")
+    before = errors._value.get()
+
+    # when
+    data = client.Status.get_status().result()
+
+    # then the call got real data, the garbage was counted and replaced
+    assert isinstance(data["players"], int) and "start_time" in data
+    assert errors._value.get() - before >= 1
+    assert "cache" in caplog.text
+    assert json.loads(server.get(key))["status"] == 200
+    assert emulator.stats()["esi_requests"] == 2
+    server.close()
+    cache.close()
+
+
+def test_clients_parsing_dates_differently_never_share_a_parsed_answer(
+    emulator, esi_settings
+) -> None:
+    # given one in-process cache shared by a client parsing dates and one not
+    from worker.esi.spec import forget_built_specs
+
+    cache = MemoryCache()
+    forget_built_specs()
+    parsing = esi_client_factory(settings=esi_settings, cache=cache)
+    plain = esi_client_factory(
+        settings=esi_settings.replace(esi_parse_formats=False), cache=cache
+    )
+    parsing.Status.get_status().result()
+    parsing.Status.get_status().result()  # the parsed answer is kept
+
+    # when
+    text = plain.Status.get_status().result()
+    again = parsing.Status.get_status().result()
+
+    # then each gets its own kind, from the one cached answer
+    assert isinstance(text["start_time"], str)
+    assert isinstance(again["start_time"], dt.datetime)
+    assert emulator.stats()["esi_requests"] == 1

@@ -147,10 +147,13 @@ def test_results_localized_defaults_to_every_allowed_language(client) -> None:
     assert list(names) == ["en", "de", "fr", "ja", "ru", "zh", "ko", "es"]
 
 
+@pytest.mark.parametrize("esi_answers", ["400", "en"])
 def test_unknown_language_is_refused_before_any_request(
-    esi_requests, client, emulator
+    esi_requests, client, emulator, esi_answers
 ) -> None:
-    # given
+    # given: whether ESI refuses an unknown language or falls back to
+    # English is unverified; either way it is never asked
+    emulator.configure(unknown_language=esi_answers)
     future = client.Universe.get_universe_types_type_id(type_id=35)
 
     # when

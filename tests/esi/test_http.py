@@ -8,7 +8,13 @@ import pytest
 
 from worker import metrics
 from worker.clock import FrozenClock
-from worker.errors import ConfigurationError, ESIError, ESITransientError, HTTPError
+from worker.errors import (
+    ConfigurationError,
+    ESIError,
+    ESITransientError,
+    HTTPError,
+    InvalidParameterError,
+)
 from worker.esi import MemoryCache, esi_client_factory
 
 PILOT_ID = 2112000001
@@ -208,3 +214,176 @@ def test_pages_in_flight_never_exceed_the_setting(esi_settings, recording_server
     )
     assert pages == ["1", "2", "3", "4", "5", "6"]
     assert recording_server.max_in_flight == 2
+
+
+# -- answers that break on the way (issue-2 audit A) ---------------------------
+
+
+def test_a_body_cut_off_mid_way_is_retried(client, emulator) -> None:
+    # given one answer whose connection breaks halfway through the body
+    emulator.configure(
+        esi_faults=[{"status": 200, "path_contains": "/status/", "cut_body": True}]
+    )
+
+    # when
+    data = client.Status.get_status().result()
+
+    # then it was sent again, like any broken connection
+    assert "players" in data
+    assert emulator.stats()["esi_requests"] == 2
+
+
+def test_bodies_that_keep_breaking_raise_ours_and_give_the_permit_back(
+    emulator, esi_settings
+) -> None:
+    # given every answer cut off, and a limiter we can look into
+    from worker.esi.limits import Limiter, MemoryStore
+
+    emulator.configure(
+        esi_faults=[{"status": 200, "path_contains": "/status/", "cut_body": True,
+                     "count": 10}]
+    )
+    store = MemoryStore()
+    client = esi_client_factory(
+        settings=esi_settings.replace(esi_retries=1), cache=MemoryCache(),
+        clock=FrozenClock(), limiter=Limiter(store),
+    )
+
+    # when / then
+    with pytest.raises(ESITransientError) as caught:
+        client.Status.get_status().result()
+    assert "ChunkedEncodingError" in str(caught.value)
+    assert store._states["errors"]["in_flight"] == {}
+
+
+def test_a_body_that_cannot_be_decoded_raises_ours(client, emulator) -> None:
+    # given an answer claiming gzip that is not
+    emulator.configure(
+        esi_faults=[{"status": 200, "path_contains": "/status/", "garbled_gzip": True}]
+    )
+
+    # when / then: an ESIError naming the operation, never requests' error
+    with pytest.raises(ESIError) as caught:
+        client.Status.get_status().result()
+    assert type(caught.value).__module__ == "worker.errors"
+    assert "get_status" in str(caught.value)
+
+
+# -- the tenant of one call (finding 17) -----------------------------------------
+
+
+def test_a_per_call_datasource_is_the_tenant_of_that_call(
+    esi_settings, recording_server
+) -> None:
+    # given a client for Singularity
+    settings = esi_settings.replace(
+        esi_base_url=recording_server.base_url, esi_spec_source="bundled"
+    )
+    recording_server.reply = (200, "application/json", b"[]")
+    client = esi_client_factory(
+        datasource="singularity", settings=settings, cache=MemoryCache()
+    )
+
+    # when one call asks for Tranquility
+    client.Universe.get_universe_types(datasource="tranquility").result()
+    client.Universe.get_universe_types().result()
+
+    # then that call said so in its query and its X-Tenant, the other not
+    first, second = recording_server.requests
+    assert "datasource=tranquility" in first["path"]
+    assert first["headers"]["X-Tenant"] == "tranquility"
+    assert "datasource=singularity" in second["path"]
+    assert second["headers"]["X-Tenant"] == "singularity"
+
+
+def test_a_per_call_datasource_works_on_todays_spec_too(client, emulator) -> None:
+    # given the live OpenAPI spec, which has no datasource parameter
+    op = client.Status.get_status
+
+    # when / then: it becomes X-Tenant; the answers are cached apart
+    assert "players" in op(datasource="tranquility").result()
+    assert "players" in op(datasource="singularity").result()
+    assert emulator.stats()["esi_requests"] == 2
+
+
+# -- arguments the spec does not accept (issue-2 audit C) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter"),
+    [
+        (lambda c: c.Universe.get_universe_types_type_id(), "type_id"),
+        (lambda c: c.Universe.get_universe_types_type_id(type_id="abc"), "type_id"),
+        (lambda c: c.Universe.get_universe_types_type_id(type_id=34, bogus=1), "bogus"),
+        (
+            lambda c: c.Market.get_markets_region_id_orders(
+                region_id=10000070, order_type="nope"
+            ),
+            "order_type",
+        ),
+        (lambda c: c.Universe.post_universe_names(ids="not a list"), "ids"),
+    ],
+)
+def test_arguments_the_spec_refuses_raise_ours_naming_the_parameter(
+    client, esi_requests, call, parameter
+) -> None:
+    # when / then
+    with pytest.raises(InvalidParameterError) as caught:
+        call(client)
+    assert isinstance(caught.value, ValueError)
+    assert caught.value.parameter == parameter
+    assert parameter in str(caught.value)
+    assert esi_requests() == 0
+
+
+def test_many_threads_calling_a_fresh_spec_at_once_all_succeed(esi_settings) -> None:
+    # given: bravado-core memoizes per spec without a lock; a race between
+    # first calls used to raise RecursiveCallException
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from worker.esi.spec import forget_built_specs
+
+    settings = esi_settings.replace(esi_spec_source="bundled")
+    failures = []
+    for _ in range(5):
+        forget_built_specs()
+        client = esi_client_factory(settings=settings, cache=MemoryCache())
+        barrier = Barrier(16)
+
+        def first_call(n: int, client=client, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                client.Universe.get_universe_types_type_id(type_id=34 + n % 3)
+                client.Market.get_markets_region_id_orders(
+                    region_id=10000070, order_type="all", page=1 + n % 2
+                )
+            except Exception as exc:  # noqa: BLE001 (what the test looks for)
+                failures.append(exc)
+
+        # when
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(first_call, range(16)))
+
+    # then
+    assert failures == []
+
+
+def test_a_warning_header_is_logged_once_per_operation(
+    emulator, esi_settings, caplog
+) -> None:
+    # given an ESI sending Warning on old route versions
+    emulator.configure(warning_headers=True)
+    client = esi_client_factory(
+        version="legacy", settings=esi_settings, cache=MemoryCache()
+    )
+
+    # when
+    with caplog.at_level(logging.WARNING, logger="worker.esi.http"):
+        for _ in range(3):
+            client.Status.get_status().result(ignore_cache=True)
+
+    # then
+    warnings = [r for r in caplog.records if "ESI warns about" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "get_status" in warnings[0].getMessage() and "299" in warnings[0].getMessage()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.errors import PagesInconsistentError
+from worker.errors import ESIError, PagesInconsistentError
 from worker.esi import MemoryCache, esi_client_factory
 
 REGION = 10000070
@@ -135,3 +135,77 @@ def test_cursor_walk_on_a_page_numbered_route_is_refused(client) -> None:
     # given / when / then
     with pytest.raises(TypeError):
         client.Market.get_markets_region_id_orders(region_id=REGION, order_type="all").results_cursor()
+
+
+# -- X-Pages changing under the walk (finding 6), and bogus (finding 20) -------
+
+
+@pytest.mark.parametrize("past_last", ["404", "empty"])
+@pytest.mark.parametrize("counts", [[3, 2], [2, 3]])
+def test_pages_count_changing_mid_walk_is_walked_again(
+    emulator, esi_settings, past_last, counts
+) -> None:
+    # given a snapshot whose successor has another number of pages, and an
+    # ESI answering past the last page one way or the other
+    emulator.configure(
+        past_last_page=past_last,
+        esi_mutations=[{"path_contains": MARKET, "pages": counts, "bump_after": 1}],
+    )
+    client = esi_client_factory(settings=esi_settings, cache=MemoryCache())
+
+    # when
+    future = client.Market.get_markets_region_id_orders(
+        region_id=REGION, order_type="all"
+    )
+    orders = future.results()
+
+    # then one snapshot, whole: the newer one
+    assert generations(orders) == {1}
+    assert len(future.responses) == counts[1]
+    assert {r.headers["X-Pages"] for r in future.responses} == {str(counts[1])}
+
+
+def test_a_page_that_stays_gone_raises_pages_inconsistent(emulator, esi_settings):
+    # given page 3 missing from every snapshot ESI serves
+    emulator.configure(
+        esi_faults=[{"status": 404, "path_contains": MARKET, "page": 3, "count": 100}]
+    )
+    client = esi_client_factory(settings=esi_settings, cache=MemoryCache())
+
+    # when / then
+    with pytest.raises(PagesInconsistentError) as caught:
+        client.Market.get_markets_region_id_orders(
+            region_id=REGION, order_type="all"
+        ).results()
+    assert "404" in str(caught.value)
+
+
+def test_more_pages_than_the_setting_are_refused_before_walking(
+    emulator, esi_settings
+) -> None:
+    # given 50 pages and a ceiling of 10
+    settings = esi_settings.replace(esi_max_pages=10)
+    client = esi_client_factory(settings=settings, cache=MemoryCache())
+
+    # when / then
+    with pytest.raises(ESIError) as caught:
+        client.Market.get_markets_region_id_orders(
+            region_id=19000001, order_type="all"
+        ).results()
+    assert "X-Pages 50" in str(caught.value) and "esi_max_pages" in str(caught.value)
+    assert emulator.stats()["esi_requests"] == 1
+
+
+def test_a_bogus_x_pages_is_not_walked(esi_settings, recording_server) -> None:
+    # given a server claiming 100,000 pages
+    recording_server.reply = (200, "application/json", b"[1]")
+    recording_server.headers = {"X-Pages": "100000"}
+    settings = esi_settings.replace(
+        esi_base_url=recording_server.base_url, esi_spec_source="bundled"
+    )
+    client = esi_client_factory(settings=settings, cache=MemoryCache())
+
+    # when / then
+    with pytest.raises(ESIError):
+        client.Universe.get_universe_types().results()
+    assert len(recording_server.requests) == 1

@@ -57,6 +57,13 @@ SSO_FAULT_KEYS = frozenset(
     }
 )
 PROCESSING_KEYS = frozenset({"access_token", "patch", "drop", "truncate"})
+_VARIANT_CHOICES = {
+    "ratelimit_remaining": ("after", "before"),
+    "reset_rounding": ("up", "down"),
+    "retry_after_format": ("seconds", "http-date"),
+    "past_last_page": ("404", "empty"),
+    "unknown_language": ("400", "en"),
+}
 _LIMIT_RE = re.compile(r"^(\d+)/(\d+)([smh])$")
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -124,6 +131,27 @@ class EmulatorConfig:
     esi_mutations: tuple[Mapping[str, Any], ...] = ()
     legacy_swagger: bool = True
     cursor_records: int = 250
+    # -- what ESI.md leaves unverified, one switch per plausible answer --
+    # 4xx/5xx of bucket-limited routes count against the error budget.
+    bucket_errors_count: bool = True
+    # 429s count as errors. (Whether 420s do cannot show: a 420 is only
+    # sent once a fixed window's budget is gone, and the window ends anyway.)
+    errors_count_429: bool = True
+    # X-Ratelimit-Remaining counted "after" or "before" the answer's cost.
+    ratelimit_remaining: str = "after"
+    # How X-ESI-Error-Limit-Reset and Retry-After round: "up" or "down".
+    reset_rounding: str = "up"
+    # Retry-After as "seconds" or as an "http-date".
+    retry_after_format: str = "seconds"
+    # Past the last page: "404" or an "empty" list.
+    past_last_page: str = "404"
+    # An unknown language: "400", or answered in English ("en").
+    unknown_language: str = "400"
+    # A future or too-old compatibility date: this status, or None to
+    # clamp it to the nearest published date.
+    bad_compatibility_date: int | None = 400
+    # Warning headers on versioned paths: 199 on /vN/, 299 on /legacy/.
+    warning_headers: bool = False
     character_roles: Mapping[str, tuple[str, ...]] = dataclasses.field(
         default_factory=dict
     )
@@ -137,6 +165,17 @@ class EmulatorConfig:
         _check_choice("rotation", self.rotation, ROTATIONS)
         _check_choice("scp_form", self.scp_form, SCP_FORMS)
         _check_choice("sign_alg", self.sign_alg, SIGN_ALGS)
+        for name, choices in _VARIANT_CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
+        status = self.bad_compatibility_date
+        if status is not None and (
+            isinstance(status, bool)
+            or not isinstance(status, int)
+            or not 400 <= status <= 499
+        ):
+            raise ConfigurationError(
+                f"bad_compatibility_date must be a 4xx status or None, got {status!r}"
+            )
         if not 1 <= self.expires_in <= 86400:
             raise ConfigurationError(
                 f"expires_in must be 1..86400, got {self.expires_in!r}"
@@ -369,6 +408,12 @@ def _check_esi_fault(fault: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"esi fault status must be an HTTP status: {fault!r}")
     if int(fault.get("count", 1)) < 1:
         raise ConfigurationError(f"esi fault count must be >= 1: {fault!r}")
+    page = fault.get("page")
+    if page is not None and (not isinstance(page, int) or page < 1):
+        raise ConfigurationError(f"esi fault page must be a page number: {fault!r}")
+    for flag in ("limit_headers", "cut_body", "garbled_gzip"):
+        if not isinstance(fault.get(flag, False), bool):
+            raise ConfigurationError(f"esi fault {flag} must be a bool: {fault!r}")
 
 
 def _check_esi_mutation(mutation: Mapping[str, Any]) -> None:
@@ -383,4 +428,11 @@ def _check_esi_mutation(mutation: Mapping[str, Any]) -> None:
     if not all(isinstance(p, int) and p >= 1 for p in stable):
         raise ConfigurationError(
             f"esi mutation stable_pages must be page numbers: {mutation!r}"
+        )
+    pages = mutation.get("pages", [])
+    if not isinstance(pages, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in pages
+    ):
+        raise ConfigurationError(
+            f"esi mutation pages must list page counts >= 1: {mutation!r}"
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from . import cursor, synthetic
+from . import cursor, planner, synthetic
 from .cache import (
     DEFAULT_LIFETIME_S,
     CacheGenerations,
@@ -43,6 +43,7 @@ LANGUAGES = ("en", "en-us", "de", "fr", "ja", "ru", "zh", "ko", "es")
 _OPENAPI_DOCUMENTS = {"/meta/openapi.json": "3.1.0", "/meta/openapi-3.0.json": "3.0.3"}
 _SPEC_PUBLISHED_S = 1_765_843_200.0  # 2025-12-16, the newest default date
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY_FLIP = dt.timedelta(hours=11)
 
 
 @dataclasses.dataclass
@@ -55,6 +56,8 @@ class _Call:
     auth_problem: str = ""
     character_id: int | None = None
     compatibility_date: str | None = None
+    # An injected fault sent bare, as a game-side limiter's 429 comes.
+    bare: bool = False
 
 
 class ESIService:
@@ -93,7 +96,9 @@ class ESIService:
             self._identify(call)
 
         bucket = self._bucket(call)
-        remain, _ = self.errors.state(config.error_budget, config.error_window_s)
+        remain, _ = self.errors.state(
+            config.error_budget, config.error_window_s, config.reset_rounding
+        )
         if remain <= 0:
             response = error_response(
                 420,
@@ -104,9 +109,13 @@ class ESIService:
             response = limited
         else:
             response = self._answer(call, version, bare)
+        if _counts_as_error(config, response.status, bucket is not None):
             self.errors.record(response.status, config.error_window_s)
 
-        self._limit_headers(call, response, bucket, remain <= 0)
+        if not call.bare:
+            self._limit_headers(call, response, bucket, remain <= 0)
+        if config.warning_headers and version is not None:
+            _add_warning(response, version)
         response.headers.append(("X-Esi-Request-Id", str(uuid.uuid4())))
         if version is None and bare.startswith("/meta/") or bare == "/swagger.json":
             self._state.stats.spec_request(request.path, response.status)
@@ -130,10 +139,33 @@ class ESIService:
             refusal = check(call)
             if refusal is not None:
                 return refusal
-        response = self._replay(call)
+        if call.match.operation.operation_id == planner.OPERATION_ID:
+            response = self._plan_route(call)
+        else:
+            response = self._replay(call)
         if call.compatibility_date:
             response.headers.append(("X-Compatibility-Date", call.compatibility_date))
         return response
+
+    def _plan_route(self, call: _Call) -> Response:
+        """The route planner's recorded answer to this very request."""
+        assert call.match is not None
+        try:
+            body = call.request.json()
+        except ValueError:
+            return error_response(400, "Request body must be JSON")
+        if not planner.is_valid(body):
+            return error_response(400, "Request body does not fit the route planner")
+        recording = planner.find(self._library, call.match.path_params, body)
+        if recording is None:
+            return error_response(
+                404, "Not found: the emulator has no recording for this request"
+            )
+        # A POST: no cache headers, as recorded (X-Esi-Cache-Status DYNAMIC).
+        language = recording.headers.get("content-language", "en")
+        return json_bytes_response(
+            recording.status, recording.body, [("Content-Language", language)]
+        )
 
     def _document(
         self, request: Request, version: str | None, bare: str
@@ -210,31 +242,67 @@ class ESIService:
         return None
 
     def _check_compatibility_date(self, call: _Call) -> Response | None:
+        assert call.match is not None
         dates = sorted(self._state.switches.compatibility_dates)
         asked = call.request.header("X-Compatibility-Date") or call.request.query.get(
             "compatibility_date"
         )
         if asked is None:
             call.compatibility_date = dates[0]
+            if call.match.operation.since is not None:
+                return text_response(404, "404 page not found")
             return None
-        today = self._state.clock.now().astimezone(dt.UTC).date().isoformat()
-        if not _DATE_RE.match(asked) or asked > today or asked < dates[0]:
+        # ESI's day flips at 11:00 UTC (ESI.md 3.1b).
+        today = (self._state.clock.now().astimezone(dt.UTC) - _DAY_FLIP).date()
+        well_formed = bool(_DATE_RE.match(asked))
+        in_range = well_formed and dates[0] <= asked <= today.isoformat()
+        refusal = self._state.switches.bad_compatibility_date
+        if not well_formed or (not in_range and refusal is not None):
             return error_response(
-                400,
+                refusal or 400,  # a malformed date cannot be clamped
                 f"Invalid compatibility date {asked!r}: use "
-                f"a date from {dates[0]} up to today",
+                f"a date from {dates[0]} up to {today.isoformat()}",
             )
+        asked = min(max(asked, dates[0]), today.isoformat())
         call.compatibility_date = max(d for d in dates if d <= asked)
+        since = call.match.operation.since
+        if since is not None:
+            # A newer route exists from its own date on, and says so.
+            if asked < since:
+                return text_response(404, "404 page not found")
+            call.compatibility_date = since
         return None
 
     def _check_fault(self, call: _Call) -> Response | None:
-        fault = self._state.take_esi_fault(_slashed(call.request.path))
+        page = call.request.query.get("page", "1")
+        fault = self._state.take_esi_fault(
+            _slashed(call.request.path), int(page) if page.isdigit() else 1
+        )
         if fault is None:
             return None
         headers = []
         if fault.get("retry_after") is not None:
-            headers.append(("Retry-After", str(fault["retry_after"])))
-        return error_response(int(fault["status"]), "Injected fault", headers)
+            retry_after = self._retry_after(float(fault["retry_after"]))
+            headers.append(("Retry-After", retry_after))
+        call.bare = not fault.get("limit_headers", True)
+        status = int(fault["status"])
+        if fault.get("cut_body") or fault.get("garbled_gzip"):
+            return self._broken_body(call, status, fault)
+        return error_response(status, "Injected fault", headers)
+
+    def _broken_body(self, call: _Call, status: int, fault: Any) -> Response:
+        """An answer whose body breaks on the way: cut off, or not the gzip
+        its ``Content-Encoding`` claims."""
+        response = self._replay(call) if 200 <= status < 300 else error_response(
+            status, "Injected fault"
+        )
+        if fault.get("garbled_gzip"):
+            response.set_header("Content-Encoding", "gzip")
+            response.body = b"this is not gzip"
+        else:
+            response.cut = True
+            response.body = response.body or b'{"error": "Injected fault"}'
+        return response
 
     def _check_auth(self, call: _Call) -> Response | None:
         assert call.match is not None
@@ -292,11 +360,13 @@ class ESIService:
                 or "en"
             ).lower()
             if language_tag not in LANGUAGES:
-                return error_response(
-                    400,
-                    f"Unsupported language {language_tag!r}; "
-                    f"use one of {', '.join(LANGUAGES)}",
-                )
+                if self._state.switches.unknown_language == "400":
+                    return error_response(
+                        400,
+                        f"Unsupported language {language_tag!r}; "
+                        f"use one of {', '.join(LANGUAGES)}",
+                    )
+                language_tag = "en"
             language = normalize_language(language_tag)
 
         found = self._synthetic(op, call)
@@ -310,12 +380,6 @@ class ESIService:
             )
         snapshot, served = found
         page = int(request.query.get("page", "1"))
-        recording = snapshot.pages.get(page)
-        if recording is None:
-            return error_response(404, "Requested page does not exist!")
-
-        if not 200 <= recording.status < 300:
-            return json_bytes_response(recording.status, recording.body)
         lifetime = (
             self._state.switches.cache_ttl_s
             or snapshot.lifetime_s()
@@ -325,6 +389,13 @@ class ESIService:
         key = (op.operation_id, tuple(sorted(call.match.path_params.items())), served)
         gen = self.generations.current(key, lifetime)
         mutation = self._mutation(request.path)
+        page_count = _page_count(snapshot.page_count, mutation, gen.number)
+        recording = snapshot.pages.get(page) if page <= page_count else None
+        if recording is None:
+            return self._past_last_page(op, gen, page_count)
+
+        if not 200 <= recording.status < 300:
+            return json_bytes_response(recording.status, recording.body)
         body, etag = recording.body, None
         if mutation is not None:
             self.generations.served(
@@ -335,7 +406,7 @@ class ESIService:
         etag = etag or make_etag(recording.headers.get("etag"), body, gen.start)
         headers = cache_headers(gen.now, gen.start, gen.end, etag, private=op.authed)
         if op.paged:
-            headers.append(("X-Pages", str(snapshot.page_count)))
+            headers.append(("X-Pages", str(page_count)))
         if op.localized:
             headers.append(
                 ("Content-Language", language_tag if served == language else "en")
@@ -345,6 +416,23 @@ class ESIService:
         ):
             return Response(304, headers, b"")
         return json_bytes_response(recording.status, body, headers)
+
+    def _past_last_page(self, op: Operation, gen: Any, page_count: int) -> Response:
+        """What ESI answers past the last page: 404 or an empty page (a switch)."""
+        if self._state.switches.past_last_page == "404":
+            return error_response(404, "Requested page does not exist!")
+        etag = make_etag(None, b"[]", gen.start)
+        headers = cache_headers(gen.now, gen.start, gen.end, etag, private=op.authed)
+        headers.append(("X-Pages", str(page_count)))
+        return json_bytes_response(200, b"[]", headers)
+
+    def _retry_after(self, seconds: float) -> str:
+        """A ``Retry-After`` value as the switches have ESI write it."""
+        config = self._state.switches
+        rounded = math.ceil if config.reset_rounding == "up" else math.floor
+        if config.retry_after_format == "http-date":
+            return http_date(rounded(self._state.clock.time() + seconds))
+        return str(rounded(seconds))
 
     def _synthetic(
         self, op: Operation, call: _Call
@@ -394,12 +482,12 @@ class ESIService:
         self, call: _Call, bucket: tuple[str, int, float]
     ) -> Response | None:
         group, tokens, window_s = bucket
-        remaining, wait_s = self.buckets.check(
+        _remaining, wait_s = self.buckets.check(
             self._bucket_key(call, group), tokens, window_s
         )
         if not wait_s:
             return None
-        headers = [("Retry-After", str(math.ceil(wait_s)))]
+        headers = [("Retry-After", self._retry_after(wait_s))]
         return error_response(429, "Too many requests: rate limit exceeded", headers)
 
     def _limit_headers(
@@ -413,7 +501,7 @@ class ESIService:
         config = self._state.switches
         if bucket is None or error_limited:
             remain, reset_s = self.errors.state(
-                config.error_budget, config.error_window_s
+                config.error_budget, config.error_window_s, config.reset_rounding
             )
             response.headers.append(("X-Esi-Error-Limit-Remain", str(remain)))
             response.headers.append(("X-Esi-Error-Limit-Reset", str(reset_s)))
@@ -422,6 +510,8 @@ class ESIService:
         cost, remaining = self.buckets.spend(
             self._bucket_key(call, group), response.status, tokens, window_s
         )
+        if config.ratelimit_remaining == "before":
+            remaining = min(tokens, remaining + cost)
         window = f"{int(window_s // 60)}m" if window_s >= 60 else f"{int(window_s)}s"
         response.headers += [
             ("X-Ratelimit-Group", group),
@@ -460,3 +550,30 @@ def _first_language(header: str | None) -> str | None:
         return None
     first = header.split(",")[0].split(";")[0].strip()
     return first or None
+
+
+def _counts_as_error(config: Any, status: int, bucket_route: bool) -> bool:
+    """Whether an answer spends the error budget, as the switches have it."""
+    if status < 400 or status == 420:
+        return False
+    if status == 429 and not config.errors_count_429:
+        return False
+    return config.bucket_errors_count or not bucket_route
+
+
+def _page_count(recorded: int, mutation: dict[str, Any] | None, generation: int) -> int:
+    """X-Pages of a generation: fewer than recorded when a mutation says so."""
+    counts = (mutation or {}).get("pages") or []
+    if not counts:
+        return recorded
+    return min(recorded, counts[min(generation, len(counts) - 1)])
+
+
+def _add_warning(response: Response, version: str) -> None:
+    """The legacy ``Warning`` header (ESI.md 3.1a, L-ESI warning_header)."""
+    if version == "legacy":
+        response.headers.append(("Warning", '299 - "This route is deprecated."'))
+    elif version.startswith("v"):
+        response.headers.append(
+            ("Warning", '199 - "This route has an upgrade available."')
+        )

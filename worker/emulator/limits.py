@@ -23,15 +23,21 @@ class ErrorLimiter:
         with self._lock:
             self._window_start, self._errors = 0.0, 0
 
-    def state(self, budget: int, window_s: float) -> tuple[int, int]:
-        """(errors left, whole seconds until the window resets)."""
+    def state(
+        self, budget: int, window_s: float, rounding: str = "up"
+    ) -> tuple[int, int]:
+        """(errors left, whole seconds until the window resets, rounded so)."""
         with self._lock:
             now = self._roll(window_s)
-            reset_s = math.ceil(self._window_start + window_s - now)
+            left = self._window_start + window_s - now
+            reset_s = math.ceil(left) if rounding == "up" else math.floor(left)
             return max(0, budget - self._errors), max(0, reset_s)
 
     def record(self, status: int, window_s: float) -> None:
-        """Count ``status`` if it is an error (4xx/5xx other than 420 itself)."""
+        """Count ``status`` if it is an error (4xx/5xx other than 420 itself).
+
+        Which errors reach here is the caller's choice (the switches).
+        """
         if status < 400 or status == 420:
             return
         with self._lock:

@@ -8,6 +8,8 @@ without trailing slash, PascalCase operation ids, ``X-Compatibility-Date``,
 an ``OAuth2`` authorization-code scheme, ``x-cache-age`` and the
 ``x-rate-limit`` of every bucket-limited group. One synthetic route is
 added and labelled as such: the cursor-paged ``/corporations/{id}/projects``.
+The route planner's ``POST /route/{origin}/{destination}`` (2025-09-30)
+is described from its recorded exchanges (see :mod:`.planner`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 CURSOR_PATH = "/corporations/{corporation_id}/projects"
+ROUTE_PATH = "/route/{origin}/{destination}"
+ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
 _DROPPED_PARAMS = frozenset({"datasource", "token", "language", "Accept-Language"})
 _HEADER_PARAMS = ("AcceptLanguage", "IfNoneMatch", "CompatibilityDate", "Tenant")
 
@@ -62,6 +66,7 @@ def live_openapi(
             for method, op in item.items()
         }
     paths[CURSOR_PATH] = {"get": _cursor_operation()}
+    paths.setdefault(ROUTE_PATH, {})["post"] = _route_planner_operation()
     doc["paths"] = paths
     return doc
 
@@ -191,5 +196,64 @@ def _cursor_operation() -> dict[str, Any]:
                     }
                 },
             }
+        },
+    }
+
+
+def _route_planner_operation() -> dict[str, Any]:
+    """``POST /route/{origin}/{destination}``, shaped as its recordings show."""
+    system = {"type": "integer", "format": "int32"}
+    body = {
+        "type": "object",
+        "properties": {
+            "avoid_systems": {"type": "array", "items": system, "maxItems": 100},
+            "connections": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {
+                    "type": "object",
+                    "required": ["from", "to"],
+                    "properties": {"from": system, "to": system},
+                },
+            },
+            "preference": {
+                "type": "string",
+                "enum": ["Shorter", "Safer", "LessSecure"],
+            },
+            "security_penalty": {"type": "integer", "minimum": 0, "maximum": 100},
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["route"],
+        "properties": {"route": {"type": "array", "items": system}},
+    }
+    path = [
+        {"name": name, "in": "path", "required": True, "schema": system}
+        for name in ("origin", "destination")
+    ]
+    return {
+        "operationId": "PostRouteOriginDestination",
+        "summary": "Plan a route between two solar systems",
+        "tags": ["Routes"],
+        "x-compatibility-date": "2025-09-30",
+        "x-rate-limit": {"group": "routes", "max-tokens": 3600, "window-size": "15m"},
+        "parameters": [
+            *path,
+            *[{"$ref": f"#/components/parameters/{n}"} for n in _HEADER_PARAMS],
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        },
+        "responses": {
+            "200": {
+                "description": "The systems of the route, origin first",
+                "content": {"application/json": {"schema": answer}},
+            },
+            "default": {
+                "description": "Error",
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            },
         },
     }

@@ -52,6 +52,9 @@ class Response:
     status: int
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     body: bytes = b""
+    # Fault injection: send half the body under the full Content-Length,
+    # then drop the connection, as a connection broken mid-body looks.
+    cut: bool = False
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name``, or None."""

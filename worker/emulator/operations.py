@@ -46,6 +46,8 @@ class Operation:
     rate_limit: tuple[str, int, float] | None
     # ``x-required-roles``: a character needs any one of them (or Director).
     required_roles: tuple[str, ...] = ()
+    # The compatibility date a route newer than the bundled spec came with.
+    since: str | None = None
 
     @property
     def authed(self) -> bool:
@@ -64,7 +66,12 @@ class Match:
 class OperationTable:
     """Routes request paths (any prefix style, slash or not) to operations."""
 
-    def __init__(self, swagger: dict[str, Any], openapi: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        swagger: dict[str, Any],
+        openapi: dict[str, Any],
+        extra: tuple[Operation, ...] = (),
+    ) -> None:
         self.swagger = swagger
         self.openapi = openapi
         self.scopes = frozenset(swagger["securityDefinitions"]["evesso"]["scopes"])
@@ -83,12 +90,17 @@ class OperationTable:
                     spec,
                     limits.get(template.rstrip("/")),
                 )
-                self.by_id[op.operation_id] = op
-                key = (op.method, template.count("/"))
-                self._routes.setdefault(key, []).append((_template_re(template), op))
+                self._add(op)
+        for op in extra:
+            self._add(op)
         for routes in self._routes.values():
             # Literal segments win over parameters (``/universe/types/`` vs ids).
             routes.sort(key=lambda item: item[1].template.count("{"))
+
+    def _add(self, op: Operation) -> None:
+        self.by_id[op.operation_id] = op
+        key = (op.method, op.template.count("/"))
+        self._routes.setdefault(key, []).append((_template_re(op.template), op))
 
     @staticmethod
     def split_version(path: str) -> tuple[str | None, str]:
@@ -183,7 +195,9 @@ def load_operation_table() -> OperationTable:
     specs = resources.files("worker").joinpath("esi", "specs")
     swagger = json.loads(specs.joinpath("swagger.json").read_text("utf-8"))
     openapi = json.loads(specs.joinpath("openapi-sample.json").read_text("utf-8"))
-    return OperationTable(swagger, openapi)
+    from . import planner  # it builds on Operation, defined here
+
+    return OperationTable(swagger, openapi, (planner.operation(),))
 
 
 def _operation(

@@ -35,7 +35,7 @@ class Recording:
     x_pages: int | None
     recorded_s: float
     _root: Traversable = dataclasses.field(repr=False)
-    _loaded: tuple[bytes, dict[str, str]] | None = dataclasses.field(
+    _loaded: tuple[bytes, dict[str, str], Any] | None = dataclasses.field(
         default=None, repr=False
     )
     _lock: threading.Lock = dataclasses.field(
@@ -52,7 +52,12 @@ class Recording:
         """Recorded response headers, lower-cased names, first values."""
         return self._load()[1]
 
-    def _load(self) -> tuple[bytes, dict[str, str]]:
+    @property
+    def request_body(self) -> Any:
+        """The recorded request's body (parsed JSON), for POST routes."""
+        return self._load()[2]
+
+    def _load(self) -> tuple[bytes, dict[str, str], Any]:
         with self._lock:
             if self._loaded is None:
                 raw = json.loads(self._root.joinpath(self.file).read_text("utf-8"))
@@ -60,7 +65,8 @@ class Recording:
                 headers = {
                     k.lower(): v[0] for k, v in (response["headers"] or {}).items() if v
                 }
-                self._loaded = (_serialise(response), headers)
+                body = (raw.get("request") or {}).get("body")
+                self._loaded = (_serialise(response), headers, body)
             return self._loaded
 
 
@@ -106,6 +112,7 @@ class RecordingLibrary:
         self._snapshots: dict[
             tuple[str, tuple[tuple[str, str], ...], str | None], Snapshot
         ] = {}
+        self._unmatched: dict[str, list[Recording]] = {}
         self._build(
             json.loads(root.joinpath("index.json").read_text("utf-8")), set(localized)
         )
@@ -127,6 +134,13 @@ class RecordingLibrary:
                 return snapshot, ENGLISH
         return None
 
+    def by_route(self, route: str) -> list[Recording]:
+        """The recordings of a route no operation of the bundled spec names.
+
+        :param route: as the index writes it, e.g. ``POST /route/1/2/``.
+        """
+        return list(self._unmatched.get(route, ()))
+
     def rate_limit(self, operation_id: str) -> tuple[str, str] | None:
         """(group, ``"600/15m"``) if any recording of the operation carries one."""
         for recording in self._by_operation.get(operation_id, ()):
@@ -140,6 +154,11 @@ class RecordingLibrary:
         groups: dict[tuple[Any, ...], dict[tuple[Any, ...], list[Recording]]] = {}
         for entry in index:
             operation_id = entry.get("operationId")
+            if not operation_id and entry["status"] != 304 and entry.get("route"):
+                # Routes newer than the bundled spec (ESI.md 3.1b), kept apart.
+                self._unmatched.setdefault(entry["route"], []).append(
+                    _recording(entry, self._root)
+                )
             if not operation_id or entry["status"] == 304:
                 continue
             recording = _recording(entry, self._root)

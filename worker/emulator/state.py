@@ -153,10 +153,13 @@ class EmulatorState:
             self._owner_changes.discard(character_id)
             return True
 
-    def take_esi_fault(self, path: str) -> Mapping[str, Any] | None:
-        """The injected answer for ``path``, if any; its count goes down."""
+    def take_esi_fault(self, path: str, page: int = 1) -> Mapping[str, Any] | None:
+        """The injected answer for ``path`` (and ``page``, when the fault
+        names one), if any; its count goes down."""
         with self._lock:
             for index, fault in enumerate(self._esi_faults):
+                if fault.get("page") not in (None, page):
+                    continue
                 if str(fault.get("path_contains", "")) in path:
                     remaining = int(fault.get("count", 1)) - 1
                     if remaining > 0:

@@ -23,6 +23,7 @@ import orjson
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
+from ..metrics import esi as metrics
 
 if TYPE_CHECKING:
     import redis
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "esi-worker:esi:"
 STALE_KEEP_S = 86400.0
 """How long an entry with an ETag is kept past its expiry for revalidation."""
+DAY_S = 86400.0
 
-_DECODED = "decoded"
+_DECODED = "decoded:"
+_PARSED = "parsed"
 
 KEPT_HEADERS = (
     "Cache-Control",
@@ -65,9 +68,17 @@ class CachedResponse:
     )
     """What an in-process cache keeps beside the entry; never stored."""
 
-    def decoded(self) -> JsonCopier | None:
-        """The parsed answer an in-process cache keeps beside the entry."""
-        return self.kept.get(_DECODED)
+    def decoded(self, kind: str = "formats") -> JsonCopier | None:
+        """The parsed answer an in-process cache keeps beside the entry.
+
+        :param kind: how it was parsed (dates as objects or as text), so
+            clients parsing differently never share one.
+        """
+        return self.kept.get(_DECODED + kind)
+
+    def parsed(self) -> Any:
+        """The body parsed when the entry was read and checked, handed out once."""
+        return self.kept.pop(_PARSED, None)
 
     def is_fresh(self, now: float) -> bool:
         """Whether the entry may be served without asking ESI."""
@@ -93,10 +104,14 @@ class CachedResponse:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> CachedResponse:
-        """Rebuild an entry written by :meth:`to_json`.
+        """Rebuild an entry written by :meth:`to_json`, checking every field.
 
-        :raises ValueError: when the text is not JSON.
-        :raises TypeError: when it is JSON but not such an entry.
+        A shared cache may hold anything: only a 2xx answer with text
+        headers, a JSON body and a finite expiry comes back, its body
+        already parsed (see :meth:`parsed`).
+
+        :raises ValueError: when the text is not such an entry.
+        :raises TypeError: when a field has the wrong type.
         """
         try:
             data = orjson.loads(text)
@@ -104,13 +119,25 @@ class CachedResponse:
             raise ValueError(str(exc)) from None
         if not isinstance(data, dict):
             raise TypeError("cached entry is not a JSON object")
-        return cls(
-            status=int(data["status"]),
-            headers={str(k): str(v) for k, v in data["headers"].items()},
-            body=str(data["body"]),
-            expires_at=float(data["expires_at"]),
-            etag=data.get("etag"),
-        )
+        status, headers, body = data["status"], data["headers"], data["body"]
+        if type(status) is not int or not 200 <= status < 300:
+            raise ValueError(f"cached entry has status {status!r}, not a 2xx")
+        if not isinstance(headers, dict) or not all(
+            isinstance(v, str) for v in headers.values()
+        ):
+            raise TypeError("cached entry headers are not text")
+        if not isinstance(body, str):
+            raise TypeError("cached entry body is not text")
+        expires_at = data["expires_at"]
+        if type(expires_at) not in (int, float) or not math.isfinite(expires_at):
+            raise TypeError(f"cached entry expires_at is {expires_at!r}")
+        etag = data.get("etag")
+        if etag is not None and not isinstance(etag, str):
+            raise TypeError("cached entry etag is not text")
+
+        entry = cls(status, dict(headers), body, float(expires_at), etag)
+        entry.kept[_PARSED] = _parse_body(body)
+        return entry
 
 
 class ResponseCache(Protocol):
@@ -164,16 +191,22 @@ class MemoryCache:
             self._items.move_to_end(key)
             return item[0]
 
-    def keep_decoded(self, key: str, entry: CachedResponse, copier: JsonCopier) -> None:
+    def keep_decoded(
+        self, key: str, entry: CachedResponse, copier: JsonCopier, kind: str = "formats"
+    ) -> None:
         """Keep the parsed answer of ``entry`` with it, counted in the budget.
 
         Nothing is kept when ``key`` no longer holds that very entry.
+
+        :param kind: how the answer was parsed (see
+            :meth:`CachedResponse.decoded`).
         """
         with self._lock:
             item = self._items.get(key)
-            if item is None or item[0] is not entry or _DECODED in entry.kept:
+            slot = _DECODED + kind
+            if item is None or item[0] is not entry or slot in entry.kept:
                 return
-            entry.kept[_DECODED] = copier
+            entry.kept[slot] = copier
             self._bytes += copier.size
             self._evict()
 
@@ -247,15 +280,25 @@ class RedisCache:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> CachedResponse | None:
-        """The entry under ``key``, or ``None`` (also for an unreadable one)."""
-        raw = self._redis().get(self._prefix + key)
+        """The entry under ``key``, or ``None`` (also for an unreadable one).
+
+        An unreadable entry (not ours, tampered with, another Redis type)
+        is logged, counted and deleted, so it is fetched anew once.
+        """
+        import redis
+
+        name = self._prefix + key
+        try:
+            raw = self._redis().get(name)
+        except redis.ResponseError as exc:  # WRONGTYPE: a hash, a list...
+            self._drop_unreadable(key, exc)
+            return None
         if raw is None:
             return None
         try:
             return CachedResponse.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            log.warning("dropping unreadable cache entry %r", key)
-            self.delete(key)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._drop_unreadable(key, exc)
             return None
 
     def set(self, key: str, entry: CachedResponse, ttl_s: float) -> None:
@@ -288,6 +331,16 @@ class RedisCache:
                 return None
         return entries, size
 
+    def _drop_unreadable(self, key: str, exc: Exception) -> None:
+        metrics.CACHE_ERRORS.labels(type(self).__name__).inc()
+        log.warning(
+            "dropping unreadable cache entry %r: %s: %s",
+            key,
+            type(exc).__name__,
+            str(exc)[:120],
+        )
+        self.delete(key)
+
     def close(self) -> None:
         """Close the connection pool, if one was opened."""
         with self._lock:
@@ -314,7 +367,7 @@ class RedisCache:
             return self._client
 
 
-_shared: dict[str | None, ResponseCache] = {}
+_shared: dict[tuple[str | None, str], ResponseCache] = {}
 _shared_lock = threading.Lock()
 
 
@@ -324,11 +377,12 @@ def cache_from_settings(settings: Settings) -> ResponseCache:
     :raises ConfigurationError: when ``redis_url`` is not a Redis URL.
     """
     url = settings.redis_url or None
+    prefix = settings.esi_redis_prefix + "esi:"
     with _shared_lock:
-        cache = _shared.get(url)
+        cache = _shared.get((url, prefix))
         if cache is None:
-            cache = RedisCache(url) if url else MemoryCache()
-            _shared[url] = cache
+            cache = RedisCache(url, prefix=prefix) if url else MemoryCache()
+            _shared[(url, prefix)] = cache
         return cache
 
 
@@ -364,28 +418,53 @@ def cache_key(
     return hashlib.sha256(orjson.dumps(parts, default=str)).hexdigest()
 
 
-def freshness_s(headers: Mapping[str, str], now: dt.datetime) -> float | None:
+def freshness_s(
+    headers: Mapping[str, str], now: dt.datetime, *, cap_s: float = DAY_S
+) -> float | None:
     """Seconds an answer stays fresh, or ``None`` when it must not be cached.
 
-    ``Cache-Control: max-age`` wins; else ``Expires`` counted from ``Date``
-    (from ``now`` without one), so a skewed local clock does not matter.
+    ``Cache-Control: max-age`` wins, else ``Expires``, each less the
+    answer's age (``Age``, and for ``Expires`` however long ago ``Date``
+    was): an answer relayed late or replayed is not fresh for its whole
+    original life. Never more than ``cap_s`` (the route's own cache time),
+    so a bogus far-off ``Expires`` cannot pin an answer for years.
     """
     directives = _cache_control(headers.get("Cache-Control", ""))
     if "no-store" in directives or "no-cache" in directives:
         return None
+    served = _http_date(headers.get("Date")) or now
+    # RFC 9111 4.2.3: the larger of what Age says and how long ago Date
+    # was. A Date far behind our clock means an old answer (or a clock
+    # running ahead of ESI's); either way less of its life is left.
+    age = max(
+        0.0,
+        _number(headers.get("Age")) or 0.0,
+        (now - served).total_seconds(),
+    )
     if "max-age" in directives:
-        return _positive(directives["max-age"])
+        lifetime = _positive(directives["max-age"])
+        if lifetime is None:
+            return None
+        return _capped(lifetime - age, cap_s)
 
     expires = _http_date(headers.get("Expires"))
     if expires is None:
         return None
-    served = _http_date(headers.get("Date")) or now
-    return _positive(str((expires - served).total_seconds()))
+    return _capped((expires - served).total_seconds() - age, cap_s)
 
 
 def _held(entry: CachedResponse) -> int:
-    copier = entry.decoded()
-    return entry.size + (copier.size if copier is not None else 0)
+    kept = [v for k, v in entry.kept.items() if k.startswith(_DECODED)]
+    return entry.size + sum(copier.size for copier in kept)
+
+
+def _parse_body(body: str) -> Any:
+    if not body:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"cached entry body is not JSON: {exc}") from None
 
 
 def _glob_escape(text: str) -> str:
@@ -422,6 +501,19 @@ def _http_date(value: str | None) -> dt.datetime | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed
+
+
+def _capped(seconds: float, cap_s: float) -> float | None:
+    seconds = min(seconds, cap_s)
+    return seconds if seconds > 0 and math.isfinite(seconds) else None
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _positive(value: str) -> float | None:

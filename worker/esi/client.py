@@ -12,12 +12,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bravado.client import CallableOperation, SwaggerClient, construct_request
+from bravado.client import CallableOperation, SwaggerClient
 from bravado.config import RequestConfig
+from bravado_core.param import marshal_param
 from bravado_core.spec import Spec
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigurationError, ESIError
+from ..errors import ConfigurationError, InvalidParameterError
 from ..settings import Settings
 from .cache import ResponseCache, cache_from_settings
 from .futures import CachingHttpFuture
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_MARSHAL_LOCK = threading.Lock()
 
 
 class EsiSwaggerClient(SwaggerClient):
@@ -102,34 +104,114 @@ class EsiOperation(CallableOperation):
     def __call__(self, **op_kwargs: Any) -> CachingHttpFuture:
         """Build the request and return its future; nothing is sent yet.
 
-        :raises ESIError: an access token was passed as ``token``.
+        ``datasource=`` picks the tenant of this call (``X-Tenant``, and the
+        ``datasource`` query on Swagger-era specs), as in django-esi.
+
+        :raises InvalidParameterError: an access token was passed as
+            ``token``, or the arguments do not fit the operation (unknown
+            or missing parameter, wrong type, a value outside its enum).
         """
+        name = self.operation.operation_id
         if "token" in op_kwargs:
-            raise ESIError(
-                f"{self.operation.operation_id}: do not pass 'token'; give the "
-                "token to esi_client_factory(token=...) so it is sent as a header"
+            raise InvalidParameterError(
+                f"{name}: do not pass 'token'; give the token to "
+                "esi_client_factory(token=...) so it is sent as a header",
+                operation=name,
+                parameter="token",
             )
         http = self.client.http_client
         language = self.operation.params.get("language")
         if "language" in op_kwargs and language and ALIAS_KEY in language.param_spec:
             op_kwargs.setdefault("Accept_Language", op_kwargs["language"])
-        if "datasource" in self.operation.params:
-            op_kwargs.setdefault("datasource", http.datasource)
-        log.debug(
-            "%s(%s)",
-            self.operation.operation_id,
-            _loggable(op_kwargs),
-        )
+        tenant = self._tenant(op_kwargs, http.datasource)
+        log.debug("%s(%s)", name, _loggable(op_kwargs))
 
-        options = op_kwargs.pop("_request_options", {})
+        options = dict(op_kwargs.pop("_request_options", {}))
+        if tenant != http.datasource:
+            options["headers"] = {**(options.get("headers") or {}), "X-Tenant": tenant}
         config = RequestConfig(options, self.also_return_response)
-        params = construct_request(self.operation, options, **op_kwargs)
+        params = build_request(self.operation, options, op_kwargs)
         if self.url is not None:
             params["url"] = self.url + params["url"][len(self._spec_url()) :]
         return http.request(params, operation=self.operation, request_config=config)
 
+    def _tenant(self, op_kwargs: dict[str, Any], default: str) -> str:
+        """The tenant of this call; ``datasource`` is consumed where no such
+        parameter exists (today's spec names the tenant in ``X-Tenant`` only).
+        """
+        tenant = op_kwargs.pop("datasource", None) or default
+        if "datasource" in self.operation.params:
+            op_kwargs["datasource"] = tenant
+        return str(tenant)
+
     def _spec_url(self) -> str:
         return str(self.operation.swagger_spec.api_url).rstrip("/")
+
+
+def build_request(
+    operation: Any, options: dict[str, Any], op_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The request dict bravado's ``construct_request`` builds, errors ours.
+
+    Each parameter is marshalled on its own so a failure names it. Done
+    under one lock: bravado-core memoizes schema work per spec in a way
+    that raises ``RecursiveCallException`` when two threads fill the same
+    entry at once (``bravado_core.util.memoize_by_id``).
+
+    :raises InvalidParameterError: naming the operation and parameter.
+    """
+    name = operation.operation_id
+    request: dict[str, Any] = {
+        "method": str(operation.http_method.upper()),
+        "url": operation.swagger_spec.api_url.rstrip("/") + operation.path_name,
+        "params": {},
+        "headers": dict(options.get("headers") or {}),
+    }
+    for option in ("connect_timeout", "timeout"):
+        if option in options:
+            request[option] = options[option]
+
+    remaining = dict(operation.params)
+    with _MARSHAL_LOCK:
+        for param_name, value in op_kwargs.items():
+            param = remaining.pop(param_name, None)
+            if param is None:
+                raise InvalidParameterError(
+                    f"{name} has no parameter {param_name!r}; it takes "
+                    f"{', '.join(sorted(operation.params)) or 'none'}",
+                    operation=name,
+                    parameter=param_name,
+                )
+            _marshal(name, param, value, request)
+        for param in remaining.values():
+            if param.location == "header" and param.name in request["headers"]:
+                _marshal(name, param, request["headers"][param.name], request)
+            elif param.required:
+                raise InvalidParameterError(
+                    f"{name} needs the parameter {param.name!r}",
+                    operation=name,
+                    parameter=param.name,
+                )
+            elif param.has_default():
+                _marshal(name, param, None, request)
+    return request
+
+
+def _marshal(name: str, param: Any, value: Any, request: dict[str, Any]) -> None:
+    try:
+        marshal_param(param, value, request)
+    except Exception as exc:  # jsonschema's, bravado's: foreign, turned into ours
+        reason = getattr(exc, "message", None) or str(exc).split("\n", 1)[0]
+        raise InvalidParameterError(
+            f"{name}: parameter {param.name!r} does not accept "
+            f"{_clip(repr(value))}: {_clip(str(reason))}",
+            operation=name,
+            parameter=param.name,
+        ) from exc
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _loggable(op_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Parsing a cached body again on every hit costs about 0.5 us per market
 order; copying the containers of an already parsed one costs a fifth of
 that. Every caller gets containers of its own, so sorting a list or
 editing a dict never reaches the kept answer or another caller. Leaves
-are shared: JSON leaves (str, int, float, bool, None) cannot change.
+are shared: JSON leaves (str, int, float, bool, None) and the datetime
+and date objects ESI's dates are decoded into cannot change.
 
 Only the shapes ESI answers with most (an object of plain fields, a list
 of such objects, a list of ids) are copied; a nested answer is parsed
@@ -13,11 +14,12 @@ again on every hit, as before.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Callable
 from typing import Any
 
-_LEAVES = frozenset({str, int, float, bool, type(None)})
+_LEAVES = frozenset({str, int, float, bool, type(None), dt.datetime, dt.date})
 _OBJECTS = frozenset({dict})
 
 SIZE_PER_TEXT_BYTE = 4

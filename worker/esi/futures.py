@@ -19,9 +19,10 @@ from bravado.config import RequestConfig
 from bravado.http_future import FutureAdapter, HttpFuture
 from bravado_core.operation import Operation
 
-from ..errors import PagesInconsistentError
+from ..errors import ESIError, HTTPError, PagesInconsistentError
 from ..metrics import esi as metrics
 from .cache import (
+    DAY_S,
     KEPT_HEADERS,
     STALE_KEEP_S,
     CachedResponse,
@@ -34,6 +35,7 @@ from .operations import (
     allowed_languages,
     check_languages,
     check_token,
+    facts,
     is_paged,
     needs_token,
     operation_name,
@@ -208,7 +210,7 @@ class CachingHttpFuture(HttpFuture):
     def _walk(self, language: str | None, args: dict[str, Any]) -> list[_Answer]:
         """Page 1, then the others concurrently; 304s beside 200s fetched again."""
         first = self._fetch(self._variant(language, page=1), **args)
-        pages = _page_count(first.response, operation_name(self.operation))
+        pages = self._page_count(first.response)
         answers = [first]
         answers += self._fetch_pages(range(2, pages + 1), language, args, first)
 
@@ -270,17 +272,40 @@ class CachingHttpFuture(HttpFuture):
         fresh = entry is not None and entry.is_fresh(self.http_client.clock.time())
         if fresh and entry is not None and cache is not None:
             _child(metrics.CACHE_HITS, name).inc()
-            return self._replay(entry, cache, key, not_modified=False)
+            answer = self._replay(entry, cache, key, not_modified=False)
+            if self._readable(answer, cache, key):
+                return answer
+            return self._fetch(params, timeout, retries, ignore_cache=True)
         if cache is not None:
             _child(metrics.CACHE_MISSES, name).inc()
 
+        sent = params
         if entry is not None and entry.etag:
-            params = _with_header(params, "If-None-Match", entry.etag)
+            sent = _with_header(params, "If-None-Match", entry.etag)
             _child(metrics.CACHE_REVALIDATIONS, name).inc()
         response = self.http_client.send(
-            params, self.operation, timeout_s=timeout, retries=retries
+            sent, self.operation, timeout_s=timeout, retries=retries
         )
-        return self._settle(response, cache, key, entry)
+        answer = self._settle(response, cache, key, entry)
+        replayed = answer.response.not_modified
+        if cache is None or not replayed or self._readable(answer, cache, key):
+            return answer
+        return self._fetch(params, timeout, retries, ignore_cache=True)
+
+    def _readable(self, answer: _Answer, cache: ResponseCache, key: str) -> bool:
+        """Whether a cached answer decodes; one that does not is dropped.
+
+        Decoded now rather than by the caller, so a bad entry (an old
+        format, a tampered shared cache) costs one fetch, never the call.
+        """
+        try:
+            answer.data  # noqa: B018
+        except ESIError as exc:
+            self._cache_failed(cache, "decode", exc)
+            with contextlib.suppress(Exception):
+                cache.delete(key)
+            return False
+        return True
 
     def _settle(
         self,
@@ -297,7 +322,7 @@ class CachingHttpFuture(HttpFuture):
         if status == 304 and _has_header(self.request_params, "If-None-Match"):
             return _Answer(response)
         if not 200 <= status < 300:
-            raise error_for(response, self.operation)
+            raise error_for(response, self.operation, self.http_client.clock.time())
 
         if self.operation is None:
             return _Answer(response)  # bravado's raw use: nothing to decode
@@ -311,7 +336,7 @@ class CachingHttpFuture(HttpFuture):
         key: str,
         entry: CachedResponse,
     ) -> _Answer:
-        lifetime = freshness_s(response.headers, self.http_client.clock.now())
+        lifetime = self._lifetime(response)
         refreshed = dataclasses.replace(
             entry,
             headers={**entry.headers, **_kept(response.headers)},
@@ -331,7 +356,7 @@ class CachingHttpFuture(HttpFuture):
         return data
 
     def _store(self, response: EsiResponse, cache: ResponseCache, key: str) -> None:
-        lifetime = freshness_s(response.headers, self.http_client.clock.now())
+        lifetime = self._lifetime(response)
         if lifetime is None:
             return
         try:
@@ -349,6 +374,10 @@ class CachingHttpFuture(HttpFuture):
         )
         self._cache_set(cache, key, entry, lifetime + (STALE_KEEP_S if etag else 0))
 
+    def _lifetime(self, response: EsiResponse) -> float | None:
+        cap_s = facts(self.operation).cache_cap_s if self.operation else DAY_S
+        return freshness_s(response.headers, self.http_client.clock.now(), cap_s=cap_s)
+
     def _replay(
         self,
         entry: CachedResponse,
@@ -360,7 +389,7 @@ class CachingHttpFuture(HttpFuture):
         response = EsiResponse.from_cached(entry, not_modified=not_modified)
         if self.operation is None:
             return _Answer(response)
-        copier = entry.decoded()
+        copier = entry.decoded(_kind(self.operation))
         if copier is not None:
             return _Answer(response, copier.copy)
         decoder = functools.partial(self._decode_cached, response, entry, cache, key)
@@ -375,18 +404,18 @@ class CachingHttpFuture(HttpFuture):
     ) -> Any:
         """A cached body parsed; an in-process cache keeps the parsed answer.
 
-        Kept answers are plain JSON only, and each hit gets its own copy
-        (see :mod:`worker.esi.copies`).
+        Each hit gets its own copy of a kept answer (see
+        :mod:`worker.esi.copies`).
         """
         data = decode(response, self.operation)
         keep = getattr(cache, "keep_decoded", None)
-        if keep is None or not _plain_json(self.operation):
+        if keep is None:
             return data
         copier = JsonCopier.of(data, len(entry.body))
         if copier is None:
             return data
         try:
-            keep(key, entry, copier)
+            keep(key, entry, copier, _kind(self.operation))
         except Exception as exc:  # noqa: BLE001 (a cache never fails a call)
             self._cache_failed(cache, "keep_decoded", exc)
             return data
@@ -411,7 +440,7 @@ class CachingHttpFuture(HttpFuture):
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="esi-page")
         try:
             futures = [
-                pool.submit(self._fetch, self._variant(language, page=n), **kwargs)
+                pool.submit(self._fetch_page, self._variant(language, page=n), kwargs)
                 for n in pages
             ]
             first.data  # noqa: B018 (decoded while the pages are on their way)
@@ -422,6 +451,35 @@ class CachingHttpFuture(HttpFuture):
             return answers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fetch_page(self, params: dict[str, Any], kwargs: dict[str, Any]) -> _Answer:
+        """A page past the first; a 404 is kept as an answer, not raised.
+
+        ESI may answer 404 past the last page (ESI.md 3.8, unverified): when
+        the snapshot shrank mid-walk that means "walk again", which
+        :func:`~worker.esi.pages.disagreement` then says.
+        """
+        try:
+            return self._fetch(params, **kwargs)
+        except HTTPError as exc:
+            if exc.status != 404:
+                raise
+            return _Answer(EsiResponse(404, exc.headers, b"", reason="Not Found"))
+
+    def _page_count(self, response: EsiResponse) -> int:
+        """``X-Pages`` of page 1, within ``settings.esi_max_pages``.
+
+        :raises ESIError: ESI named more pages than that; none was fetched.
+        """
+        name = operation_name(self.operation)
+        pages = _page_count(response, name)
+        ceiling = self.http_client.settings.esi_max_pages
+        if pages > ceiling:
+            raise ESIError(
+                f"ESI {name} says X-Pages {pages}, more than esi_max_pages "
+                f"({ceiling}); the walk was not started"
+            )
+        return pages
 
     # -- helpers -------------------------------------------------------------
 
@@ -454,6 +512,7 @@ class CachingHttpFuture(HttpFuture):
         memo = (
             tuple(query.items()),
             params["headers"].get("Accept-Language"),
+            params["headers"].get("X-Tenant"),
             character_id,
             http.datasource,
             http.settings.esi_compatibility_date,
@@ -562,10 +621,12 @@ def _child(metric: Any, label: str) -> Any:
     return metric.labels(label)
 
 
-def _plain_json(operation: Operation | None) -> bool:
-    return operation is not None and bool(
-        getattr(operation.swagger_spec, "plain_json", False)
+def _kind(operation: Operation | None) -> str:
+    """How answers of ``operation`` are decoded: dates as text or as objects."""
+    plain = operation is not None and getattr(
+        operation.swagger_spec, "plain_json", False
     )
+    return "plain" if plain else "formats"
 
 
 def _fetch_args(kwargs: dict[str, Any]) -> dict[str, Any]:

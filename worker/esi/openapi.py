@@ -37,6 +37,7 @@ _SCHEMA_KEYS = (
     "maxItems",
     "uniqueItems",
 )
+_UNTYPED = "x-esi-worker-untyped"
 _UPPER_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _REF_PREFIXES = (
     ("#/components/schemas/", "#/definitions/"),
@@ -79,7 +80,7 @@ def to_swagger(document: dict[str, Any], *, source: str) -> dict[str, Any]:
     try:
         converter = _Converter(components)
         swagger = converter.document(doc)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (LookupError, TypeError, AttributeError, ValueError) as exc:
         raise SpecError(
             f"ESI spec from {source} could not be converted from OpenAPI "
             f"{doc.get('openapi')}: {type(exc).__name__}: {exc}",
@@ -118,9 +119,19 @@ class _Converter:
         }
         if "tags" in doc:
             swagger["tags"] = doc["tags"]
+        if "security" in doc:
+            # Inherited by every operation that names none of its own: kept,
+            # or those operations would turn public (no scope, no token).
+            swagger["security"] = doc["security"]
 
         for path, item in doc["paths"].items():
-            swagger["paths"][path] = self.path_item(item)
+            try:
+                swagger["paths"][path] = self.path_item(item)
+            except LookupError as exc:
+                where = "/paths/" + path.replace("~", "~0").replace("/", "~1")
+                found = exc.args[0] if exc.args else exc
+                detail = f"no {found!r}" if type(exc) is KeyError else found
+                raise LookupError(f"at {where}: {detail}") from exc
         return swagger
 
     def path_item(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -159,13 +170,26 @@ class _Converter:
             out["security"] = op["security"]
         return out
 
+    def lookup(self, item: dict[str, Any], kind: str) -> dict[str, Any]:
+        """``item``, or the component its ``$ref`` names (chains followed).
+
+        :raises LookupError: the reference points nowhere.
+        """
+        for _ in range(32):
+            ref = item.get("$ref") if isinstance(item, dict) else None
+            if not isinstance(ref, str):
+                return item
+            name = ref.rsplit("/", 1)[-1]
+            found = (self.components.get(kind) or {}).get(name)
+            if found is None:
+                raise LookupError(f"$ref {ref!r} points nowhere")
+            if not isinstance(found, dict):
+                raise TypeError(f"$ref {ref!r} points at a {type(found).__name__}")
+            item = found
+        raise LookupError(f"$ref {ref!r} is a loop of references")
+
     def parameter(self, param: dict[str, Any]) -> Any:
-        if "$ref" in param:
-            name = param["$ref"].rsplit("/", 1)[-1]
-            resolved = (self.components.get("parameters") or {}).get(name)
-            if resolved is None:
-                raise KeyError(f"unresolved parameter reference {param['$ref']}")
-            param = resolved
+        param = self.lookup(param, "parameters")
         if param.get("in") == "cookie":
             return None
         out: dict[str, Any] = {
@@ -182,6 +206,7 @@ class _Converter:
         return out
 
     def body(self, request_body: dict[str, Any], operation_id: str) -> dict[str, Any]:
+        request_body = self.lookup(request_body, "requestBodies")
         content = request_body.get("content") or {}
         media: dict[str, Any] = content.get("application/json") or next(
             iter(content.values()), {}
@@ -196,9 +221,7 @@ class _Converter:
         }
 
     def response(self, response: dict[str, Any]) -> dict[str, Any]:
-        if "$ref" in response:
-            name = response["$ref"].rsplit("/", 1)[-1]
-            response = self.components["responses"][name]
+        response = self.lookup(response, "responses")
         out: dict[str, Any] = {"description": response.get("description", "")}
         content = response.get("content") or {}
         media = content.get("application/json") or next(iter(content.values()), None)
@@ -207,8 +230,7 @@ class _Converter:
 
         headers = {}
         for name, header in (response.get("headers") or {}).items():
-            if "$ref" in header:
-                header = self.components["headers"][header["$ref"].rsplit("/", 1)[-1]]
+            header = self.lookup(header, "headers")
             flat = self.flat_schema(header.get("schema") or {"type": "string"})
             headers[name] = {"description": header.get("description", ""), **flat}
         if headers:
@@ -216,16 +238,48 @@ class _Converter:
         return out
 
     def flat_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
-        """A non-body parameter's schema as Swagger 2.0 parameter fields."""
-        if "$ref" in schema:
-            name = schema["$ref"].rsplit("/", 1)[-1]
-            schema = (self.components.get("schemas") or {})[name]
-        schema = _plain_schema(schema)
-        out = {k: schema[k] for k in _SCHEMA_KEYS if k in schema}
-        out.setdefault("type", "string")
+        """A non-body parameter's schema as Swagger 2.0 parameter fields.
+
+        Swagger 2.0 parameters take one ``type``: ``anyOf``/``oneOf`` (how
+        3.1 writes "integer or null") are merged into it, or, when the
+        alternatives differ in type, left untyped rather than mistyped.
+        """
+        schema = _plain_schema(self.lookup(schema, "schemas"))
+        merged = self.alternatives(schema)
+        out = {k: merged[k] for k in _SCHEMA_KEYS if k in merged}
+        if merged.get("x-nullable"):
+            out["x-nullable"] = True
+        if "type" not in merged and not merged.get(_UNTYPED):
+            out["type"] = "string"
         if "items" in out:
             out["items"] = self.flat_schema(out["items"])
         return out
+
+    def alternatives(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """``schema`` with its ``anyOf``/``oneOf`` folded in, nulls as x-nullable."""
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if not isinstance(options, list):
+                continue
+            resolved = [
+                self.alternatives(_plain_schema(self.lookup(o, "schemas")))
+                for o in options
+                if isinstance(o, dict)
+            ]
+            real = [o for o in resolved if o.get("type") != "null"]
+            outer = {k: v for k, v in schema.items() if k != key}
+            if len(real) == 1:
+                outer = {**real[0], **outer}
+            else:
+                kinds = {o.get("type") for o in real}
+                if len(kinds) == 1 and None not in kinds:
+                    outer.setdefault("type", kinds.pop())
+                elif "type" not in outer:
+                    outer[_UNTYPED] = True
+            if len(real) < len(resolved) or any(o.get("x-nullable") for o in real):
+                outer["x-nullable"] = True
+            schema = outer
+        return schema
 
     def security_definitions(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from bravado_core.operation import Operation
 from bravado_core.response import get_response_spec
 
 from ..errors import InvalidLanguageError, ScopeMissingError
+from .formats import Convert, plan_for
 
 LANGUAGE_PARAMS = ("language", "Accept_Language")
 # The Swagger-era spec says en-us, today's says en (ESI.md 3.9); ESI takes both.
@@ -29,6 +30,8 @@ class TokenLike(Protocol):
 
 
 _FACTS = "_esi_facts"
+DAY_S = 86400.0
+"""The longest an answer is kept fresh when its operation names no cache time."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,9 @@ class OperationFacts:
     name: str
     scope_sets: tuple[tuple[str, ...], ...]
     paged: bool
+    cache_cap_s: float = DAY_S
     schemas: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False)
+    plans: dict[int, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def authed(self) -> bool:
@@ -66,6 +71,17 @@ class OperationFacts:
         self.schemas[status] = schema
         return schema
 
+    def plan(self, operation: Operation, status: int) -> Convert | None:
+        """How to turn the dates of answer ``status`` into objects, or None."""
+        try:
+            return self.plans[status]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        schema = self.schema(operation, status)
+        plan = None if schema is None else plan_for(operation.swagger_spec, schema)
+        self.plans[status] = plan
+        return plan
+
 
 def facts(operation: Operation) -> OperationFacts:
     """The :class:`OperationFacts` of ``operation``, built on first use."""
@@ -75,6 +91,7 @@ def facts(operation: Operation) -> OperationFacts:
             name=operation.operation_id,
             scope_sets=tuple(_scope_sets(operation)),
             paged="page" in operation.params,
+            cache_cap_s=_cache_cap_s(operation.op_spec),
         )
         setattr(operation, _FACTS, found)  # a race builds the same facts twice
     return found
@@ -168,3 +185,16 @@ def _scope_sets(operation: Operation) -> list[tuple[str, ...]]:
     if security is None:
         security = operation.swagger_spec.spec_dict.get("security", [])
     return [tuple(s for scopes in req.values() for s in scopes) for req in security]
+
+
+def _cache_cap_s(op_spec: Any) -> float:
+    """The longest an answer may stay fresh: the route's own cache time.
+
+    ``x-cache-age`` (today's spec) or ``x-cached-seconds`` (Swagger era);
+    one day when the spec names none ("expires daily at 11:05" routes).
+    """
+    for key in ("x-cache-age", "x-cached-seconds"):
+        value = op_spec.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return DAY_S

@@ -35,7 +35,18 @@ class CursorPage:
 
 
 def disagreement(responses: Sequence[EsiResponse]) -> str | None:
-    """Why the pages are not one snapshot, or None when they agree."""
+    """Why the pages are not one snapshot, or None when they agree.
+
+    Beside headers that differ, a page that is gone (404) or empty without
+    ``X-Pages`` means the snapshot shrank under the walk: past its last
+    page ESI answers one or the other (ESI.md 3.8, unverified which).
+    """
+    promised = responses[0].headers.get("X-Pages") if responses else None
+    for number, response in enumerate(responses[1:], start=2):
+        if response.status_code == 404:
+            return f"page {number} is gone (404) though X-Pages was {promised}"
+        if response.headers.get("X-Pages") is None and response.looks_empty():
+            return f"page {number} came back empty without X-Pages"
     for header in ("X-Pages", "Last-Modified"):
         seen = {r.headers.get(header) for r in responses}
         seen.discard(None)

@@ -12,10 +12,12 @@ the process afterwards.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -24,10 +26,12 @@ import requests
 from bravado.config import bravado_config_from_config_dict
 from bravado_core.resource import build_resources
 from bravado_core.spec import Spec, build_api_serving_url
+from bravado_core.swagger20_validator import get_validator_type
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, SpecError
 from .openapi import is_openapi, to_swagger
+from .refs import check_refs
 from .specstore import SpecStore, StoredSpec
 
 if TYPE_CHECKING:
@@ -41,6 +45,8 @@ BUNDLED_SPEC = Path(__file__).parent / "specs" / "swagger.json"
 DEFAULT_VERSION = "latest"
 FAILED_SOURCE_QUIET_S = 60.0
 FETCH_TIMEOUT_S = 15.0
+CONVERSION = "converted"
+"""The spec-cache "date" of converted spec files (conversion needs none)."""
 
 SPEC_CONFIG: dict[str, Any] = {
     "use_models": False,
@@ -155,6 +161,12 @@ def candidate_sources(
         "bundled": SpecSource("bundled", str(BUNDLED_SPEC)),
     }
     if settings.esi_spec_source != "auto":
+        if versioned and settings.esi_spec_source == "openapi":
+            raise ConfigurationError(
+                "ESI's OpenAPI spec has no route versions (routes follow "
+                "esi_compatibility_date), so resources cannot be pinned to one; "
+                "use esi_spec_source 'swagger', 'bundled' or 'auto'"
+            )
         return [every[settings.esi_spec_source]]
     kinds = ["swagger", "bundled"] if versioned else ["openapi", "swagger", "bundled"]
     return [every[kind] for kind in kinds]
@@ -209,13 +221,18 @@ def _load_file(
 ) -> Spec:
     path = Path(source.location)
     identity = _file_identity(path)
-    key = (source.kind, identity, settings.esi_base_url, version)
+    key = (
+        source.kind,
+        identity,
+        settings.esi_base_url,
+        version,
+        settings.esi_parse_formats,
+    )
     with _build_lock:
         found = _built.get(key)
         if found is not None and (is_versioned(found[1]) or not versioned):
             return found[1]
-        document = _read_file(path)
-        swagger, has_versions = _as_swagger(document, f"file {str(path)!r}")
+        swagger, has_versions = _file_swagger(source, path, settings)
         if versioned and not has_versions:
             raise ConfigurationError(
                 f"ESI spec file {str(path)!r} is OpenAPI: its routes have no "
@@ -226,12 +243,45 @@ def _load_file(
         return spec
 
 
+def _file_swagger(
+    source: SpecSource, path: Path, settings: Settings
+) -> tuple[dict[str, Any], bool]:
+    """(Swagger 2.0 dict, whether versioned) of a spec file.
+
+    An OpenAPI file is converted once and kept converted in the spec cache
+    on disk, keyed by its content, so a later start skips the conversion.
+    """
+    raw = _read_bytes(path)
+    if source.kind == "bundled":
+        return _parse(raw, path), True
+    store = SpecStore(settings.data_dir / "spec-cache")
+    name = "file:sha256:" + hashlib.sha256(raw).hexdigest()
+    stored = store.get(name, CONVERSION)
+    if stored is not None:
+        log.debug("ESI spec file %s from the spec cache", path)
+        return stored.swagger, False
+    swagger, has_versions = _as_swagger(_parse(raw, path), f"file {str(path)!r}")
+    check_refs(swagger, f"file {str(path)!r}")
+    if not has_versions:
+        # Worth keeping only when converting was needed: a Swagger file is
+        # its own fastest form.
+        store.put(StoredSpec(name, CONVERSION, swagger, time.time()))
+    return swagger, has_versions
+
+
 def _load_remote(
     source: SpecSource, settings: Settings, version: str, clock: Clock
 ) -> Spec:
     url = source.location.replace("{version}", version)
     date = settings.esi_compatibility_date
-    key = (source.kind, url, date, settings.esi_datasource, settings.esi_base_url)
+    key = (
+        source.kind,
+        url,
+        date,
+        settings.esi_datasource,
+        settings.esi_base_url,
+        settings.esi_parse_formats,
+    )
     now = clock.time()
     with _build_lock:
         found = _built.get(key)
@@ -241,37 +291,73 @@ def _load_remote(
         if quiet is not None and now < quiet[0]:
             raise SpecError(quiet[1], source=url)
 
-        entry = _current_entry(source, url, settings, now)
-        identity = (entry.etag, entry.last_modified, entry.fetched_at)
-        if found is not None and found[0][:2] == identity[:2] and any(identity[:2]):
-            spec = found[1]
-        else:
-            keep = version if source.kind == "swagger" else None
-            spec = _build(entry.swagger, settings, keep, source)
-        _built[key] = (identity, spec, now)
+        store = SpecStore(
+            settings.data_dir / "spec-cache",
+            _redis_for(settings),
+            redis_prefix=settings.esi_redis_prefix + "spec:",
+        )
+        keep = version if source.kind == "swagger" else None
+        entry, spec = _current(source, url, settings, store, now, found, keep)
+        _built[key] = ((entry.etag, entry.last_modified, entry.fetched_at), spec, now)
         return spec
 
 
-def _current_entry(
-    source: SpecSource, url: str, settings: Settings, now: float
-) -> StoredSpec:
-    """The stored spec if young, else one fetched (conditionally) from ESI."""
-    store = SpecStore(settings.data_dir / "spec-cache", _redis_for(settings))
-    date = settings.esi_compatibility_date
-    stored = store.get(url, date)
-    if stored is not None and now - stored.fetched_at < settings.esi_spec_max_age_s:
+def _current(
+    source: SpecSource,
+    url: str,
+    settings: Settings,
+    store: SpecStore,
+    now: float,
+    found: tuple[Any, Spec, float] | None,
+    version: str | None,
+) -> tuple[StoredSpec, Spec]:
+    """The spec entry in force and its built spec.
+
+    A stored entry is used while young; an older one is revalidated, and a
+    fetched one is kept only once it has built, so a spec bravado cannot
+    read is never handed to the next process. A stored entry that does not
+    build (tampered with, written by another version) is fetched anew.
+    """
+    stored = store.get(url, settings.esi_compatibility_date)
+    young = stored is not None and now - stored.fetched_at < settings.esi_spec_max_age_s
+    if stored is not None and young:
         log.debug("ESI spec %s from the spec cache", url)
-        return stored
+        try:
+            return stored, _built_for(stored, found, settings, version, source)
+        except SpecError as exc:
+            log.warning("stored ESI spec of %s unusable, fetching it: %s", url, exc)
+            stored = None
+
     try:
         entry = _fetch(source, url, settings, stored, now)
     except SpecError as exc:
         if stored is not None:
             log.warning("using the stored ESI spec of %s: %s", url, exc)
-            return stored
+            return stored, _built_for(stored, found, settings, version, source)
+        _failed[url] = (now + FAILED_SOURCE_QUIET_S, str(exc))
+        raise
+    try:
+        spec = _built_for(entry, found, settings, version, source)
+    except SpecError as exc:
         _failed[url] = (now + FAILED_SOURCE_QUIET_S, str(exc))
         raise
     store.put(entry)
-    return entry
+    return entry, spec
+
+
+def _built_for(
+    entry: StoredSpec,
+    found: tuple[Any, Spec, float] | None,
+    settings: Settings,
+    version: str | None,
+    source: SpecSource,
+) -> Spec:
+    """The spec built from ``entry``; the one built before if it is the same."""
+    identity = (entry.etag, entry.last_modified)
+    if found is not None and found[0][:2] == identity and any(identity):
+        return found[1]
+    check_refs(entry.swagger, str(source))
+    return _build(entry.swagger, settings, version, source)
 
 
 def _fetch(
@@ -362,6 +448,9 @@ def _build(
     try:
         spec = LeanSpec(spec_dict, origin_url=origin, config=config)
         spec.build()
+        # Memoized by bravado-core without a lock: built here, in one
+        # thread, so the first calls of many threads never race for it.
+        get_validator_type(spec)
     except Exception as exc:  # bravado-core raises many kinds on bad specs
         raise SpecError(
             f"ESI spec from {source} could not be built: "
@@ -385,22 +474,46 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
-def _read_file(path: Path) -> Any:
+def _read_bytes(path: Path) -> bytes:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
+        return path.read_bytes()
+    except OSError as exc:
         raise SpecError(
-            f"cannot read ESI spec file {str(path)!r}: {reason}", source=str(path)
+            f"cannot read ESI spec file {str(path)!r}: {exc.strerror or exc}",
+            source=str(path),
         ) from exc
+
+
+def _parse(raw: bytes, path: Path) -> Any:
+    """A spec file's document: JSON, or YAML (read safely: no tags run)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"cannot read ESI spec file {str(path)!r}: not UTF-8 text ({exc.reason})",
+            source=str(path),
+        ) from exc
+    if not text.strip():
+        raise SpecError(f"ESI spec file {str(path)!r} is empty", source=str(path))
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(
-            f"ESI spec file {str(path)!r} is not valid JSON: {exc.msg} "
-            f"at line {exc.lineno} column {exc.colno}",
-            source=str(path),
-        ) from exc
+        problem = (
+            f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        )
+        json_error = exc
+    if path.suffix.lower() in (".yaml", ".yml") or not text.lstrip().startswith(
+        ("{", "[")
+    ):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = f"is neither JSON nor YAML: {str(exc).splitlines()[0]}"
+    raise SpecError(
+        f"ESI spec file {str(path)!r} {problem}", source=str(path)
+    ) from json_error
 
 
 def _check_swagger(where: str, data: Any) -> None:

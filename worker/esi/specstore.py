@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_PREFIX = "esi-worker:spec:"
-FORMAT = 1
+FORMAT = 2
+"""Raised whenever the conversion changes: entries of another format are
+fetched and converted anew (2: top-level security, anyOf parameters,
+``requestBody`` references)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +75,19 @@ class SpecStore:
 
     :param directory: where entries are written; ``None`` keeps none on disk.
     :param redis_client: a shared Redis; ``None`` keeps none there.
+    :param redis_prefix: the namespace of its keys there.
     """
 
     def __init__(
-        self, directory: Path | None, redis_client: redis.Redis | None = None
+        self,
+        directory: Path | None,
+        redis_client: redis.Redis | None = None,
+        *,
+        redis_prefix: str = REDIS_PREFIX,
     ) -> None:
         self.directory = directory
         self.redis = redis_client
+        self.redis_prefix = redis_prefix
 
     def get(self, source: str, compatibility_date: str) -> StoredSpec | None:
         """The newest stored entry for the source and date, if any."""
@@ -99,7 +108,7 @@ class SpecStore:
             self._to_disk(key, text)
         if self.redis is not None:
             try:
-                self.redis.set(REDIS_PREFIX + key, text)
+                self.redis.set(self.redis_prefix + key, text)
             except Exception as exc:  # noqa: BLE001 (a cache never fails a call)
                 _failed("redis", "write", exc)
 
@@ -119,7 +128,7 @@ class SpecStore:
         if self.redis is None:
             return None
         try:
-            raw = self.redis.get(REDIS_PREFIX + key)
+            raw = self.redis.get(self.redis_prefix + key)
         except Exception as exc:  # noqa: BLE001 (a cache never fails a call)
             _failed("redis", "read", exc)
             return None
