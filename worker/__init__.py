@@ -16,6 +16,7 @@ _EXPORTS = {
     "Token": "worker.tokens",
     "TokenQuery": "worker.tokens",
     "TokenStore": "worker.tokens",
+    "TokenScopes": "worker.scopes",
     # SSO
     "SSOClient": "worker.sso",
     # ESI client
@@ -107,6 +108,7 @@ __all__ = [
     "TokenInvalidError",
     "TokenLookupError",
     "TokenQuery",
+    "TokenScopes",
     "TokenStore",
     "UnknownJobError",
     "WorkerError",
@@ -172,7 +174,7 @@ if TYPE_CHECKING:
     from .jobs.decorators import single_use_token, token_required, tokens_required
     from .login import begin_login, complete_login
     from .runtime import Runtime
-    from .scopes import normalize_scopes
+    from .scopes import TokenScopes, normalize_scopes
     from .settings import Settings
     from .sso import SSOClient
     from .tokens import Token, TokenQuery, TokenStore

@@ -17,6 +17,7 @@ from ..errors import (
     TokenInvalidError,
     TokenLookupError,
 )
+from ..scopes import TokenScopes
 
 if TYPE_CHECKING:
     from .query import TokenQuery
@@ -100,13 +101,13 @@ class Token:
     last_refresh_error: str | None
     refresh_failures: int
     next_refresh_attempt: dt.datetime | None
-    scopes: tuple[str, ...]
+    scopes: TokenScopes
 
     def __init__(self, store: TokenStore, row: Mapping[str, Any]) -> None:
         self._store = store
         for name in COLUMNS:
             setattr(self, name, row[name])
-        self.scopes = tuple(row.get("scopes") or ())
+        self.scopes = TokenScopes(row.get("scopes") or ())
 
     def __repr__(self) -> str:
         return (
