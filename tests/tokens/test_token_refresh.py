@@ -9,12 +9,16 @@ import threading
 import pytest
 
 from worker.errors import (
+    JWTValidationError,
     SSOConfigurationError,
     SSOError,
     SSOTransientError,
     TokenError,
     TokenExpiredError,
     TokenInvalidError,
+    TokenRefreshClientRefusedError,
+    TokenRefreshJWTError,
+    TokenRefreshTransientError,
 )
 from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token
 
@@ -452,3 +456,60 @@ def test_a_huge_retry_after_parks_a_token_for_an_hour_at_most(
     row = stored(frozen_store, token)
     assert row.state == VALID and row.refresh_failures == 1
     assert row.next_refresh_attempt <= clock.now() + dt.timedelta(seconds=3600)
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause", "combined"),
+    [
+        (
+            {"kind": "invalid_client"},
+            SSOConfigurationError,
+            TokenRefreshClientRefusedError,
+        ),
+        ({"status": 503}, SSOTransientError, TokenRefreshTransientError),
+        ({"kind": "no_access_token"}, SSOTransientError, TokenRefreshTransientError),
+        ({"access_token": "bad_signature"}, JWTValidationError, TokenRefreshJWTError),
+    ],
+    ids=["invalid_client", "503", "no_access_token", "bad_signature"],
+)
+def test_every_failed_refresh_is_a_token_expired_error_and_its_cause(
+    emulator, sso_token, fault, cause, combined
+):
+    # given an expired token and an SSO about to fail its refresh
+    token = sso_token()
+    emulator.configure(sso_faults=[fault])
+
+    # when its access token is asked for
+    with pytest.raises(TokenExpiredError) as caught:
+        token.valid_access_token()
+
+    # then the one error answers both the django-esi habit and the cause,
+    # and carries the context of both
+    error = caught.value
+    assert type(error) is combined
+    assert isinstance(error, cause) and isinstance(caught.value.__cause__, cause)
+    assert (error.token_id, error.character_id) == (token.id, CHARACTER_ID)
+    assert error.status == caught.value.__cause__.status
+    assert f"token {token.id}" in str(error)
+    assert token.refresh_token not in str(error)
+
+
+def test_a_refused_client_is_catchable_both_ways_and_logged_critical(
+    emulator, sso_token, caplog
+):
+    # given an SSO that refuses our client credentials
+    token = sso_token()
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}] * 2)
+
+    # when two callers ask for the access token, each catching its own way
+    with pytest.raises(SSOConfigurationError) as as_sso:
+        token.valid_access_token()
+    with pytest.raises(TokenExpiredError) as as_django_esi:
+        token.valid_access_token()
+
+    # then both caught it, with the SSO's error code, and the operator was
+    # told loudly each time
+    assert as_sso.value.error == as_django_esi.value.error == "invalid_client"
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 2
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in critical[0].getMessage()

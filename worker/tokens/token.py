@@ -8,14 +8,20 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    ConfigurationError,
     JWTValidationError,
     NotRefreshableTokenError,
+    SSOConfigurationError,
     SSOError,
     SSOTransientError,
     TokenError,
     TokenExpiredError,
     TokenInvalidError,
     TokenLookupError,
+    TokenRefreshClientRefusedError,
+    TokenRefreshJWTError,
+    TokenRefreshTransientError,
+    TokenRefreshUnconfiguredError,
 )
 from ..scopes import TokenScopes
 
@@ -38,6 +44,16 @@ EXPIRED = "expired"
 # An access token this close to its expiry counts as expired: an ESI call
 # started with it could arrive after it lapsed.
 EXPIRY_MARGIN_S = 30.0
+
+# What valid_access_token() raises when a refresh failed for now: a
+# TokenExpiredError, as django-esi callers catch, that is also the error
+# of the cause (see worker.errors). Subclasses before their parents.
+_EXPIRED_BECAUSE: tuple[tuple[type[Exception], type[TokenExpiredError]], ...] = (
+    (SSOConfigurationError, TokenRefreshClientRefusedError),
+    (JWTValidationError, TokenRefreshJWTError),
+    (SSOTransientError, TokenRefreshTransientError),
+    (ConfigurationError, TokenRefreshUnconfiguredError),
+)
 
 COLUMNS = (
     "id",
@@ -162,6 +178,12 @@ class Token:
     def valid_access_token(self) -> str:
         """The access token, refreshed first when it has expired.
 
+        Every failure to get a usable access token *now* is a
+        :class:`TokenExpiredError`; the ones a refresh met are also the
+        error of their cause (``TokenRefresh*`` in :mod:`worker.errors`),
+        so ``except SSOConfigurationError`` still tells a refused client
+        apart.
+
         :raises TokenInvalidError: the grant is dead (revoked, owner changed).
         :raises TokenExpiredError: expired, and no refresh is possible now.
         """
@@ -182,12 +204,15 @@ class Token:
 
         try:
             fresh = self._store.refresh(self, min_remaining_s=EXPIRY_MARGIN_S)
-        except (SSOTransientError, JWTValidationError) as exc:
+        except NotRefreshableTokenError as exc:
+            # Its refresh token went while we waited for the row lock.
             raise TokenExpiredError(
-                f"token {self.id} expired and the SSO could not refresh it now",
+                f"token {self.id} expired and has no refresh token",
                 token_id=self.id,
                 character_id=self.character_id,
             ) from exc
+        except (SSOError, ConfigurationError) as exc:
+            raise self._expired_because(exc) from exc
         self._assign(fresh)
         return self.access_token
 
@@ -239,6 +264,23 @@ class Token:
         values = {name: getattr(self, name) for name in (*COLUMNS, "scopes")}
         values.update(changes)
         return Token(self._store, values)
+
+    def _expired_because(
+        self, exc: SSOError | ConfigurationError
+    ) -> TokenExpiredError:
+        """The error for a refresh that failed with ``exc``: in both branches."""
+        message = f"token {self.id} expired and could not be refreshed now: {exc}"
+        ids = {"token_id": self.id, "character_id": self.character_id}
+        kind = next((k for c, k in _EXPIRED_BECAUSE if isinstance(exc, c)), None)
+        if kind is None or not isinstance(exc, SSOError):
+            return (kind or TokenExpiredError)(message, **ids)
+        return kind(
+            message,
+            **ids,
+            status=exc.status,
+            error=exc.error,
+            retry_after_s=exc.retry_after_s,
+        )
 
     def _assign(self, other: Token) -> None:
         for name in (*COLUMNS, "scopes"):
