@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from worker.errors import (
+    ConfigurationError,
     JWTValidationError,
     SSOConfigurationError,
     SSOError,
@@ -19,8 +20,11 @@ from worker.errors import (
     TokenRefreshClientRefusedError,
     TokenRefreshJWTError,
     TokenRefreshTransientError,
+    TokenRefreshUnconfiguredError,
 )
-from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token
+from worker.runtime import Runtime
+from worker.sso import SSOClient
+from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token, TokenStore
 
 from .conftest import ASSETS, CHARACTER_ID, SKILLS, WALLET, stored, token_count
 
@@ -513,3 +517,51 @@ def test_a_refused_client_is_catchable_both_ways_and_logged_critical(
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert len(critical) == 2
     assert "ESI_WORKER_SSO_CLIENT_SECRET" in critical[0].getMessage()
+
+
+def test_without_sso_settings_valid_access_token_is_expired_and_writes_nothing(
+    emulator, sso_token, settings, clean_db, store
+):
+    # given an expired token, and a store without an SSO application
+    token = sso_token()
+    unconfigured = settings.replace(sso_client_id=None, sso_client_secret=None)
+    sso = SSOClient(unconfigured)
+    bare = TokenStore(clean_db, sso, unconfigured)
+    seen = bare.get(token.id)
+
+    # when its access token is asked for
+    with pytest.raises(TokenExpiredError) as caught:
+        seen.valid_access_token()
+
+    # then the error is also a ConfigurationError naming the settings, no
+    # SSO call was made and nothing was written
+    assert isinstance(caught.value, ConfigurationError)
+    assert type(caught.value) is TokenRefreshUnconfiguredError
+    assert "ESI_WORKER_SSO_CLIENT_ID" in str(caught.value)
+    assert emulator.stats()["sso_token_requests"] == 0
+    row = stored(store, token)
+    assert (row.refresh_failures, row.next_refresh_attempt) == (0, None)
+    assert row.updated == token.updated
+    with clean_db.connection() as conn:
+        journal = conn.execute("SELECT count(*) FROM esi_token_refresh_journal")
+        assert journal.fetchone()[0] == 0
+    bare.close()
+    sso.close()
+
+
+def test_without_sso_settings_the_usable_token_queries_say_why(
+    sso_token, settings, clean_db
+):
+    # given an expired token, and a runtime without an SSO application
+    token = sso_token()
+    unconfigured = settings.replace(sso_client_id=None, sso_client_secret=None)
+    runtime = Runtime.from_settings(unconfigured, pool=clean_db)
+
+    # when a usable token is looked for
+    with runtime.activated():
+        with pytest.raises(ConfigurationError, match="ESI_WORKER_SSO_CLIENT_ID"):
+            Token.get_token(token.character_id, [ASSETS])
+        with pytest.raises(ConfigurationError, match="ESI_WORKER_SSO_CLIENT_ID"):
+            list(runtime.tokens.query().require_valid())
+    # then the missing settings are named instead of "no token"
+    runtime.close()

@@ -95,7 +95,9 @@ def tokens_show(ctx: click.Context, token_id: int) -> None:
 def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
     """Revoke a token at the SSO and mark it revoked (kept until pruned)."""
     from ..runner import open_runtime
+    from ..sso import require_sso_application
 
+    require_sso_application(settings_of(ctx))
     with open_runtime(settings_of(ctx)) as runtime:
         token = runtime.tokens.get(token_id)
         if token is None:
@@ -110,7 +112,10 @@ def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
 def tokens_refresh(ctx: click.Context) -> None:
     """Refresh every token due for refresh, now."""
     from ..runner import open_runtime
+    from ..sso import require_sso_application
 
+    # Before the database is opened: nothing is claimed or written.
+    require_sso_application(settings_of(ctx))
     with open_runtime(settings_of(ctx)) as runtime:
         click.echo(str(runtime.tokens.refresh_due()))
 

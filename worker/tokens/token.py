@@ -221,6 +221,7 @@ class Token:
 
         :raises NotRefreshableTokenError: the token has no refresh token.
         :raises TokenInvalidError: the SSO says the grant is dead.
+        :raises ConfigurationError: no SSO application is configured.
         :raises SSOError: the SSO could not answer (nothing was lost).
         """
         if self.refresh_token is None:
@@ -239,7 +240,11 @@ class Token:
 
     @classmethod
     def get_token(cls, character_id: int, scopes: str | Iterable[str]) -> Token | bool:
-        """A usable token of the character holding ``scopes``, else ``False``."""
+        """A usable token of the character holding ``scopes``, else ``False``.
+
+        :raises ConfigurationError: a refresh was needed and the settings do
+            not allow one (no SSO application configured).
+        """
         candidates = (
             cls.objects.filter(character_id=character_id)
             .require_scopes(scopes)
@@ -248,6 +253,8 @@ class Token:
         for token in candidates:
             try:
                 token.valid_access_token()
+            except ConfigurationError:
+                raise  # the settings' fault, the same for every token
             except (TokenError, SSOError) as exc:
                 log.debug(
                     "token %r of character %r unusable: %s",
