@@ -234,3 +234,46 @@ def test_refresh_with_the_sso_settings_refreshes_the_due_tokens(cli, token, runt
     assert result.returncode == 0, result.stderr
     assert "success=1" in result.stdout
     assert not runtime.tokens.get(token.id).expired
+
+
+def test_list_starts_with_a_header_row_naming_the_columns(cli, token):
+    # when the tokens are listed
+    lines = cli("tokens", "list").stdout.splitlines()
+
+    # then a header names each column, and the token's row follows
+    header = lines[0].split()
+    assert header[:4] == ["id", "character", "name", "status"]
+    assert "expires" in lines[0] and lines[0].rstrip().endswith("scopes")
+    assert lines[1].split()[0] == str(token.id)
+
+
+def test_show_help_promises_only_what_show_shows(cli, token):
+    # when show's help is read and a token shown
+    help_text = cli("tokens", "show", "--help").stdout
+    shown = cli("tokens", "show", str(token.id)).stdout
+
+    # then the help names refresh failures, which show lists, and no history
+    assert "history" not in help_text and "refresh failures" in help_text
+    for label in ("refresh failures:", "last refresh error:", "next refresh attempt:"):
+        assert label in shown
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("notaurl", "not a PostgreSQL connection string"),
+        ("postgresql://admin:hunter2secret@127.0.0.1:1/aa", "Connection refused"),
+    ],
+    ids=["not-a-url", "unreachable"],
+)
+def test_import_django_esi_names_a_bad_source_in_one_line(
+    cli, runtime, source, expected
+):
+    # when the import is pointed at a bad source
+    result = cli("tokens", "import-django-esi", "--from", source)
+
+    # then one line says what is wrong, never the password
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "hunter2secret" not in result.stdout + result.stderr
