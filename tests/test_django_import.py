@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import socket
 from collections.abc import Iterator
 
 import psycopg
@@ -11,7 +12,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from worker.django_import import import_django_esi
-from worker.errors import ConfigurationError, IncompleteResponseError
+from worker.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    IncompleteResponseError,
+)
 from worker.tokens import VALID
 
 ASSETS = "esi-assets.read_assets.v1"
@@ -268,3 +273,61 @@ def test_a_django_grant_beside_a_login_of_ours_is_stored_too(
         ours.refresh_token,
         theirs.refresh_token,
     }
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "notaurl",
+        "",
+        "mysql://admin:hunter2secret@db/alliance_auth",
+        "postgresql://admin:hunter2secret@db/alliance_auth?nonsense=1",
+    ],
+    ids=["word", "empty", "other-scheme", "bad-option"],
+)
+def test_a_source_that_is_no_postgresql_url_is_refused_clearly(runtime, source):
+    # when something that is no PostgreSQL connection string is given
+    with pytest.raises(ConfigurationError) as caught:
+        import_django_esi(source, runtime.tokens)
+
+    # then the error says so and how one looks, never repeating the input
+    assert "not a PostgreSQL connection string" in str(caught.value)
+    assert "postgresql://" in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)
+    assert not source or source not in str(caught.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_source_names_why_without_the_password(runtime):
+    # given a source on a port where no server listens
+    port = _free_port()
+    source = f"postgresql://admin:hunter2secret@127.0.0.1:{port}/alliance_auth"
+
+    # when it is imported
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        import_django_esi(source, runtime.tokens)
+
+    # then the error names the server and libpq's reason, not the password
+    text = str(caught.value)
+    assert f"127.0.0.1:{port}/alliance_auth" in text
+    assert "refused" in text.lower()
+    assert "hunter2secret" not in text and "\n" not in text
+
+
+def test_a_missing_source_database_names_it(database_url, runtime):
+    # given a source naming a database the server does not have
+    params = {**conninfo_to_dict(database_url), "dbname": "no_such_django_db"}
+    params["password"] = "hunter2secret"
+
+    # when it is imported
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        import_django_esi(make_conninfo(**params), runtime.tokens)
+
+    # then the reason says that database does not exist
+    assert 'database "no_such_django_db" does not exist' in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)

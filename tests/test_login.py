@@ -368,3 +368,112 @@ def test_the_login_command_reports_an_unexpected_error_at_once(
     assert page.status_code == 400
     assert proc.returncode != 0 and "ESI_WORKER_TOKEN_KEYS" in err
     assert emulator.client_secret not in out + err
+
+
+@pytest.mark.parametrize(
+    ("asked", "other"),
+    [([ASSETS], [ASSETS, SKILLS]), ([ASSETS, SKILLS], [ASSETS]), ([ASSETS], [])],
+    ids=["more-scopes", "fewer-scopes", "no-scopes"],
+)
+def test_a_callback_with_the_code_of_another_login_stores_nothing(
+    runtime, emulator, asked, other
+):
+    # given two pending logins for different scopes
+    _, state = begin_login(asked)
+    other_code, other_state = _consent(begin_login(other)[0])
+
+    # when the callback carries the first login's state but the other's code
+    with pytest.raises(SSOGrantError, match="another login") as caught:
+        complete_login(other_code, state)
+
+    # then it is refused, saying what differs, and no token is stored
+    assert caught.value.error == "scope_mismatch"
+    assert all(scope in str(caught.value) for scope in set(asked) ^ set(other))
+    assert runtime.tokens.query().including_dead().count() == 0
+    # and the other login's own callback cannot smuggle it in later: its
+    # code is spent
+    with pytest.raises(SSOGrantError):
+        complete_login(other_code, other_state)
+    assert runtime.tokens.query().including_dead().count() == 0
+
+
+def test_a_callback_with_the_code_of_an_equal_login_is_stored(runtime, emulator):
+    # given two pending logins for the same scopes
+    _, state = begin_login([SKILLS, ASSETS])
+    code, _ = _consent(begin_login([ASSETS, SKILLS])[0])
+
+    # when one's state completes with the other's code
+    token = complete_login(code, state)
+
+    # then that is the same request, so the token is stored
+    assert token.scopes == (ASSETS, SKILLS)
+
+
+def test_a_taken_callback_port_is_named_with_the_setting_to_change(
+    settings, clean_db, emulator
+):
+    # given the callback port of the settings held by another program
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        runtime = Runtime.from_settings(
+            settings.replace(sso_callback_url=f"http://127.0.0.1:{port}/callback"),
+            pool=clean_db,
+        )
+
+        # when the loopback login starts
+        with pytest.raises(ConfigurationError) as caught:
+            loopback_login([ASSETS], store=runtime.tokens, on_url=print, timeout_s=5)
+
+    # then the error names the port and the setting, and nothing is pending
+    assert f"127.0.0.1:{port}" in str(caught.value)
+    assert "ESI_WORKER_SSO_CALLBACK_URL" in str(caught.value)
+    with clean_db.connection() as conn:
+        pending = conn.execute("SELECT count(*) FROM esi_pending_login").fetchone()
+    assert pending[0] == 0
+    runtime.close()
+
+
+def test_the_login_command_names_a_taken_port_without_a_traceback(
+    settings, clean_db, emulator
+):
+    # given the CLI configured with a callback port another program holds
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = _cli_env(settings, emulator)
+        env["ESI_WORKER_SSO_CALLBACK_URL"] = f"http://127.0.0.1:{port}/callback"
+
+        # when the login command runs
+        result = subprocess.run(
+            [_SCRIPT, "login", "--scopes", ASSETS],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
+    # then it fails at once with one line naming the port and the setting
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1 and f"127.0.0.1:{port}" in errors[0]
+    assert "ESI_WORKER_SSO_CALLBACK_URL" in errors[0]
+
+
+def _cli_env(settings, emulator) -> dict[str, str]:
+    """The environment of an ``esi-worker`` process on the test settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
+    env.update(
+        ESI_WORKER_DATABASE_URL=settings.database_url,
+        ESI_WORKER_DATA_DIR=str(settings.data_dir),
+        ESI_WORKER_SSO_BASE_URL=emulator.base_url,
+        ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
+        ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
+    )
+    return env
+
+
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "esi-worker")

@@ -44,3 +44,38 @@ def test_every_error_of_the_tree_is_importable_from_worker() -> None:
         if issubclass(value, Exception) and value.__module__ == "worker.errors"
     }
     assert errors <= set(worker.__all__)
+
+
+def test_refresh_failures_are_token_expired_errors_and_their_cause() -> None:
+    # A django-esi caller catches TokenExpiredError; a careful one the cause.
+    pairs = {
+        worker.TokenRefreshTransientError: worker.SSOTransientError,
+        worker.TokenRefreshClientRefusedError: worker.SSOConfigurationError,
+        worker.TokenRefreshJWTError: worker.JWTValidationError,
+        worker.TokenRefreshUnconfiguredError: worker.ConfigurationError,
+        worker.SSOIncompleteResponseError: worker.SSOTransientError,
+    }
+    for error, cause in pairs.items():
+        assert issubclass(error, cause), error.__name__
+        assert issubclass(error, (worker.TokenExpiredError,
+                                  worker.IncompleteResponseError)), error.__name__
+
+
+def test_a_two_branch_error_keeps_the_context_of_both() -> None:
+    error = worker.TokenRefreshClientRefusedError(
+        "refused", token_id=7, character_id=2112000001, status=401,
+        error="invalid_client",
+    )
+    assert (error.token_id, error.character_id) == (7, 2112000001)
+    assert (error.status, error.error, error.retry_after_s) == (
+        401, "invalid_client", None)
+    assert str(error) == "refused"
+
+
+def test_every_two_branch_error_is_drawn_in_the_tree() -> None:
+    import worker.errors
+
+    for name in ("SSOIncompleteResponseError", "TokenRefreshTransientError",
+                 "TokenRefreshClientRefusedError", "TokenRefreshJWTError",
+                 "TokenRefreshUnconfiguredError"):
+        assert name in (worker.errors.__doc__ or ""), name

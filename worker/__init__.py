@@ -16,6 +16,7 @@ _EXPORTS = {
     "Token": "worker.tokens",
     "TokenQuery": "worker.tokens",
     "TokenStore": "worker.tokens",
+    "TokenScopes": "worker.scopes",
     # SSO
     "SSOClient": "worker.sso",
     # ESI client
@@ -54,6 +55,11 @@ _EXPORTS = {
     "SSOGrantError": "worker.errors",
     "SSOConfigurationError": "worker.errors",
     "JWTValidationError": "worker.errors",
+    "SSOIncompleteResponseError": "worker.errors",
+    "TokenRefreshTransientError": "worker.errors",
+    "TokenRefreshClientRefusedError": "worker.errors",
+    "TokenRefreshJWTError": "worker.errors",
+    "TokenRefreshUnconfiguredError": "worker.errors",
     "ESIError": "worker.errors",
     "HTTPError": "worker.errors",
     "ErrorLimitedError": "worker.errors",
@@ -98,6 +104,7 @@ __all__ = [
     "SSOConfigurationError",
     "SSOError",
     "SSOGrantError",
+    "SSOIncompleteResponseError",
     "SSOTransientError",
     "ScopeError",
     "ScopeMissingError",
@@ -109,6 +116,11 @@ __all__ = [
     "TokenInvalidError",
     "TokenLookupError",
     "TokenQuery",
+    "TokenRefreshClientRefusedError",
+    "TokenRefreshJWTError",
+    "TokenRefreshTransientError",
+    "TokenRefreshUnconfiguredError",
+    "TokenScopes",
     "TokenStore",
     "UnknownJobError",
     "WorkerError",
@@ -160,11 +172,16 @@ if TYPE_CHECKING:
         SSOConfigurationError,
         SSOError,
         SSOGrantError,
+        SSOIncompleteResponseError,
         SSOTransientError,
         TokenError,
         TokenExpiredError,
         TokenInvalidError,
         TokenLookupError,
+        TokenRefreshClientRefusedError,
+        TokenRefreshJWTError,
+        TokenRefreshTransientError,
+        TokenRefreshUnconfiguredError,
         UnknownJobError,
         WorkerError,
     )
@@ -174,7 +191,7 @@ if TYPE_CHECKING:
     from .jobs.decorators import single_use_token, token_required, tokens_required
     from .login import begin_login, complete_login
     from .runtime import Runtime
-    from .scopes import normalize_scopes
+    from .scopes import TokenScopes, normalize_scopes
     from .settings import Settings
     from .sso import SSOClient
     from .tokens import Token, TokenQuery, TokenStore

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 
@@ -33,6 +33,8 @@ EVE_AUDIENCE = "EVE Online"
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
 UNKNOWN_KID_REFETCH_S = 60.0
 CLOCK_LEEWAY_S = 10.0
+# Character ids are stored as bigint.
+MAX_CHARACTER_ID = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +132,21 @@ def verify_access_token(
     """
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
+    except jwt.DecodeError:
         raise JWTValidationError("the access token is not a well-formed JWT") from None
+    except jwt.PyJWTError:
+        # PyJWT checks two header fields itself: kid and crit.
+        raise JWTValidationError(
+            "the JWT header is invalid: its key id (kid) is not a string, "
+            "or it names critical extensions (crit)"
+        ) from None
+    if not isinstance(header, dict):
+        raise JWTValidationError("the JWT header is not a JSON object")
     alg, kid = header.get("alg"), header.get("kid")
-    if alg not in SUPPORTED_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:
         raise JWTValidationError(f"algorithm {alg!r} is not accepted")
-    if not isinstance(kid, str):
-        raise JWTValidationError("the JWT header names no key id")
+    if not isinstance(kid, str) or not kid:
+        raise JWTValidationError("the JWT header names no key id (kid)")
 
     key = keys.key_for(kid, alg)
     claims = _decode(token, key, alg)
@@ -147,7 +157,8 @@ def verify_access_token(
 def _parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
     """Usable signing keys by kid; entries PyJWT cannot read are skipped."""
     keys: dict[str, jwt.PyJWK] = {}
-    for entry in document.get("keys") or ():
+    entries = document.get("keys")
+    for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
             continue
         try:
@@ -161,13 +172,16 @@ def _parse_jwks(document: Mapping[str, Any]) -> dict[str, jwt.PyJWK]:
 
 def _decode(token: str, key: Any, alg: str) -> dict[str, Any]:
     # Time claims are checked against the injected clock in _claims_from, and
-    # aud in _check_claims (PyJWT would accept either audience alone).
+    # aud in _check_claims (PyJWT would accept either audience alone); sub
+    # too, so its error names the claim.
     options = {
         "verify_exp": False,
         "verify_iat": False,
         "verify_nbf": False,
         "verify_aud": False,
         "verify_iss": False,
+        "verify_sub": False,
+        "verify_jti": False,
     }
     try:
         return jwt.decode(token, key, algorithms=[alg], options=options)  # type: ignore[arg-type]
@@ -180,15 +194,16 @@ def _decode(token: str, key: Any, alg: str) -> dict[str, Any]:
 
 
 def _check_claims(claims: Mapping[str, Any], *, client_id: str) -> None:
+    """The issuer, audience and expiry checks; each claim's type first, so
+    a malformed token fails as one, never as a ``TypeError``."""
     issuer = claims.get("iss")
-    if issuer not in ACCEPTED_ISSUERS:
-        raise JWTValidationError(f"issuer {issuer!r} is not EVE SSO")
-    audience = claims.get("aud")
-    audiences = {audience} if isinstance(audience, str) else set(audience or ())
+    if not isinstance(issuer, str) or issuer not in ACCEPTED_ISSUERS:
+        raise JWTValidationError(f"issuer {_shown(issuer)} is not EVE SSO")
+    audiences = _audiences(claims.get("aud"))
     for expected in (client_id, EVE_AUDIENCE):
         if expected not in audiences:
             raise JWTValidationError(f"audience does not include {expected!r}")
-    if not isinstance(claims.get("exp"), (int, float)):
+    if not _is_number(claims.get("exp")):
         raise JWTValidationError("the access token has no numeric exp claim")
 
 
@@ -201,20 +216,50 @@ def _claims_from(
             f"the access token expired at {expires_at.isoformat()}"
         )
     token_type, character_id = _subject(claims.get("sub"))
-    name, owner = claims.get("name"), claims.get("owner")
-    if not isinstance(name, str) or not isinstance(owner, str) or not owner:
-        raise JWTValidationError("the access token lacks the name or owner claim")
-
     iat = claims.get("iat")
     return AccessTokenClaims(
         character_id=character_id,
-        character_name=name,
-        owner_hash=owner,
+        character_name=_text(claims, "name"),
+        owner_hash=_text(claims, "owner"),
         scopes=_scopes(claims.get("scp")),
         expires_at=expires_at,
         token_type=token_type,
-        issued_at=_instant(iat, "iat") if isinstance(iat, (int, float)) else None,
+        issued_at=_instant(iat, "iat") if _is_number(iat) else None,
     )
+
+
+def _text(claims: Mapping[str, Any], claim: str) -> str:
+    """A claim that must be a non-empty string."""
+    value = claims.get(claim)
+    if not isinstance(value, str) or not value:
+        raise JWTValidationError(
+            f"the access token's {claim} claim is missing or not a string"
+        )
+    return value
+
+
+def _audiences(aud: Any) -> set[str]:
+    """The ``aud`` claim: one string or a list of them (RFC 7519 4.1.3)."""
+    if isinstance(aud, str):
+        return {aud}
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return set(aud)
+    raise JWTValidationError(
+        f"the aud claim is a {type(aud).__name__}, not a string or a list "
+        "of strings"
+    )
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    # bool is an int to Python, never a time to JWT.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    """A claim as an error message may show it: a string, else its type."""
+    if isinstance(value, str):
+        return repr(value[:80])
+    return f"of type {type(value).__name__}"
 
 
 def _instant(seconds: float, claim: str) -> dt.datetime:
@@ -228,9 +273,14 @@ def _instant(seconds: float, claim: str) -> dt.datetime:
 def _subject(sub: Any) -> tuple[str, int]:
     """``CHARACTER:EVE:<id>`` -> ("character", id)."""
     parts = sub.split(":") if isinstance(sub, str) else []
-    if len(parts) != 3 or parts[1] != "EVE" or not parts[2].isdigit():
+    digits = parts[2] if len(parts) == 3 else ""
+    if (
+        parts[:2] != ["CHARACTER", "EVE"]
+        or not (digits.isascii() and digits.isdigit() and len(digits) <= 19)
+        or not 0 < int(digits) <= MAX_CHARACTER_ID
+    ):
         raise JWTValidationError(
-            f"subject {sub!r} is not of the form CHARACTER:EVE:<id>"
+            f"subject {_shown(sub)} is not of the form CHARACTER:EVE:<id>"
         )
     return parts[0].lower(), int(parts[2])
 
@@ -239,6 +289,10 @@ def _scopes(scp: Any) -> tuple[str, ...]:
     """The ``scp`` claim: a list, a single string, or absent for no scopes."""
     if scp is None:
         return ()
+    if not isinstance(scp, (str, list)):
+        raise JWTValidationError(
+            f"the scp claim is a {type(scp).__name__}, not a string or a list"
+        )
     try:
         return normalize_scopes(scp)
     except ScopeError as exc:

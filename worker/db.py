@@ -145,7 +145,7 @@ def schema_revisions(url: str) -> tuple[str | None, str]:
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(
             f"cannot connect to PostgreSQL at {describe_database(url)}: "
-            f"{_scrub(exc, url)}"
+            f"{scrub_error(exc, url)}"
         ) from exc
     return current, str(head)
 
@@ -193,7 +193,7 @@ def _probe(url: str, target: str, timeout_s: float) -> None:
         conn = psycopg.connect(url, connect_timeout=max(1, round(timeout_s)))
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(
-            f"cannot connect to PostgreSQL at {target}: {_scrub(exc, url)}"
+            f"cannot connect to PostgreSQL at {target}: {scrub_error(exc, url)}"
         ) from exc
     conn.close()
 
@@ -223,7 +223,7 @@ def _forget_dead_users(data_dir: Path) -> None:
         listing.write_text(json.dumps(alive))
 
 
-def _scrub(exc: Exception, url: str) -> str:
+def scrub_error(exc: Exception, url: str) -> str:
     """A libpq message on one line, with the password blanked should it appear."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     password = conninfo_to_dict(url).get("password")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from .db import describe_database, scrub_error
 from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -75,8 +76,10 @@ class ImportSummary:
 def import_django_esi(url: str, store: TokenStore) -> ImportSummary:
     """Copy every token of the django-esi database at ``url`` into ``store``.
 
-    :raises DatabaseUnavailableError: the source cannot be reached.
-    :raises ConfigurationError: the source lacks django-esi's tables.
+    :raises DatabaseUnavailableError: the source cannot be reached (the
+        reason is given, the password never).
+    :raises ConfigurationError: ``url`` is no PostgreSQL connection string,
+        or the source lacks django-esi's tables.
     :raises IncompleteResponseError: a row is unusable (named by its id);
         nothing was imported.
     """
@@ -103,37 +106,76 @@ def import_django_esi(url: str, store: TokenStore) -> ImportSummary:
 
 
 def _read_source(url: str) -> list[dict[str, Any]]:
-    """Every django-esi token row with its scope names."""
+    """Every django-esi token row with its scope names.
+
+    :raises ConfigurationError: ``url`` is no PostgreSQL connection string,
+        or the database there is not a django-esi one (or not readable).
+    :raises DatabaseUnavailableError: the database cannot be reached.
+    """
+    target = describe_source(url)
     try:
         conn = psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach the django-esi database at {target}: "
+            f"{scrub_error(exc, url)}"
+        ) from None
+    try:
+        with conn:
+            conn.read_only = True
+            return _read_rows(conn)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailableError(
-            f"cannot reach the django-esi database ({type(exc).__name__})"
+            f"lost the django-esi database at {target}: {scrub_error(exc, url)}"
         ) from None
-    with conn:
-        conn.read_only = True
-        present = {
-            r[0]
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables"
-                " WHERE table_name = ANY(%s)",
-                (list(TABLES),),
-            )
-        }
-        missing = [t for t in TABLES if t not in present]
-        if missing:
-            raise ConfigurationError(
-                f"the source database has no {', '.join(missing)} table: "
-                "is it a django-esi database?"
-            )
-        has_version = conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_name ="
-            " 'esi_token' AND column_name = 'sso_version'"
-        ).fetchone()
-        sql = _ROWS.format(sso_version="t.sso_version" if has_version else "2")
-        cursor = conn.execute(sql)  # type: ignore[arg-type]
-        names = [c.name for c in cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"cannot read the django-esi database at {target}: "
+            f"{scrub_error(exc, url)}"
+        ) from None
+
+
+def describe_source(url: str) -> str:
+    """``host:port/dbname`` of a django-esi source, without user or password.
+
+    :raises ConfigurationError: ``url`` is no PostgreSQL connection string;
+        the message never repeats it, since it may hold a password.
+    """
+    try:
+        if not url.strip():
+            raise ConfigurationError("empty")
+        return describe_database(url)
+    except ConfigurationError:
+        raise ConfigurationError(
+            "the django-esi source (--from) is not a PostgreSQL connection "
+            "string: expected postgresql://user:password@host:port/dbname or "
+            "key=value pairs such as 'host=db dbname=alliance_auth'"
+        ) from None
+
+
+def _read_rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    present = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_name = ANY(%s)",
+            (list(TABLES),),
+        )
+    }
+    missing = [t for t in TABLES if t not in present]
+    if missing:
+        raise ConfigurationError(
+            f"the source database has no {', '.join(missing)} table: "
+            "is it a django-esi database?"
+        )
+    has_version = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name ="
+        " 'esi_token' AND column_name = 'sso_version'"
+    ).fetchone()
+    sql = _ROWS.format(sso_version="t.sso_version" if has_version else "2")
+    cursor = conn.execute(sql)  # type: ignore[arg-type]
+    names = [c.name for c in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _grant_of(row: dict[str, Any]) -> tuple[str, GrantFields, str | None]:

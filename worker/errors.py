@@ -9,8 +9,13 @@
     ├── TokenError                          (django-esi name)
     │   ├── TokenInvalidError               the grant is dead; the token is unusable
     │   ├── TokenExpiredError               expired and cannot be refreshed now
+    │   │   ├── TokenRefreshTransientError      + SSOTransientError
+    │   │   ├── TokenRefreshClientRefusedError  + SSOConfigurationError
+    │   │   ├── TokenRefreshJWTError            + JWTValidationError
+    │   │   └── TokenRefreshUnconfiguredError   + ConfigurationError
     │   ├── NotRefreshableTokenError        the token has no refresh token
     │   ├── IncompleteResponseError         the SSO answer lacked what we need
+    │   │   └── SSOIncompleteResponseError      + SSOTransientError
     │   └── TokenLookupError (LookupError)  get() found no token, or several
     ├── SSOError                            talking to EVE SSO failed
     │   ├── SSOTransientError               5xx, timeout, malformed body: retry later
@@ -34,6 +39,13 @@
 
 Leaves keep their context as attributes (status, retry-after, character id)
 and never carry a secret in their text.
+
+The ``+`` leaves belong to two branches at once. ``valid_access_token()``
+raises a ``TokenRefresh*`` error whenever it cannot hand out an access
+token now: ``except TokenExpiredError`` (the django-esi habit) catches
+every such case, while ``except SSOConfigurationError`` (and the other
+second parents) still tells the cause apart. A dead grant is not one of
+them: it raises :class:`TokenInvalidError`, as in django-esi.
 """
 
 from __future__ import annotations
@@ -64,8 +76,10 @@ class TokenError(WorkerError):
     """A stored token cannot be used."""
 
     def __init__(self, message: str, *, token_id: int | None = None,
-                 character_id: int | None = None) -> None:
-        super().__init__(message)
+                 character_id: int | None = None, **kwargs: Any) -> None:
+        # Cooperative, so a leaf under both TokenError and SSOError takes
+        # the keywords of both (see the tree above).
+        super().__init__(message, **kwargs)
         self.token_id = token_id
         self.character_id = character_id
 
@@ -97,8 +111,9 @@ class SSOError(WorkerError):
     """A request to EVE SSO failed."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 error: str | None = None, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
+                 error: str | None = None, retry_after_s: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
         self.status = status
         self.error = error
         self.retry_after_s = retry_after_s
@@ -118,6 +133,30 @@ class SSOConfigurationError(SSOError):
 
 class JWTValidationError(SSOError, ValueError):
     """An access token failed signature or claim verification."""
+
+
+# -- in two branches: see the module docstring ------------------------------
+
+
+class SSOIncompleteResponseError(IncompleteResponseError, SSOTransientError):
+    """The SSO answered 200 without an access token: incomplete, retry later."""
+
+
+class TokenRefreshTransientError(TokenExpiredError, SSOTransientError):
+    """The token expired and the SSO could not refresh it now (an outage)."""
+
+
+class TokenRefreshClientRefusedError(TokenExpiredError, SSOConfigurationError):
+    """The token expired and the SSO refused our client credentials."""
+
+
+class TokenRefreshJWTError(TokenExpiredError, JWTValidationError):
+    """The token expired and the refreshed access token failed verification."""
+
+
+class TokenRefreshUnconfiguredError(TokenExpiredError, ConfigurationError):
+    """The token expired and the settings do not allow a refresh (no SSO
+    application configured, or its secrets open with no configured key)."""
 
 
 # -- ESI --------------------------------------------------------------------

@@ -8,7 +8,9 @@ two steps around a one-shot loopback server (:func:`loopback_login`), with
 PKCE when the application is native (has no secret).
 
 An unknown, used or expired ``state`` raises :class:`SSOGrantError` with
-``error="invalid_state"``: that login is dead and must start again.
+``error="invalid_state"``, and a grant whose scopes are not the ones the
+login asked for (the code of another login) ``error="scope_mismatch"``:
+that login is dead and must start again.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def complete_login(
     scopes asked for are stored: the SSO only hands out a refresh token
     for a login that was granted scopes.
 
-    :raises SSOGrantError: unknown, used or expired state; or a bad code.
+    :raises SSOGrantError: unknown, used or expired state; a bad code; or
+        a grant holding other scopes than the login asked for.
     :raises SSOError: the SSO could not exchange the code.
     :raises JWTValidationError: the access token failed verification.
     """
@@ -139,7 +142,8 @@ def loopback_login(
     :param on_url: told the authorization URL once the server listens.
     :param port: the port to listen on; by default the one of
         ``sso_callback_url`` (0 picks a free one).
-    :raises ConfigurationError: the callback is not a loopback HTTP URL.
+    :raises ConfigurationError: the callback is not a loopback HTTP URL,
+        or its port cannot be listened on (naming the port).
     :raises TimeoutError: no callback arrived within ``timeout_s``.
     """
     callback = urlsplit(store.settings.sso_callback_url)
@@ -150,7 +154,7 @@ def loopback_login(
         )
     path = callback.path or "/"
     listen = (callback.port or 80) if port is None else port
-    server = _CallbackServer(("127.0.0.1", listen))
+    server = _listen(listen, from_setting=port is None)
     redirect_uri = f"http://127.0.0.1:{server.server_address[1]}{path}"
 
     try:
@@ -162,6 +166,23 @@ def loopback_login(
         return server.wait(timeout_s or store.settings.login_timeout_s)
     finally:
         server.server_close()
+
+
+def _listen(port: int, *, from_setting: bool) -> _CallbackServer:
+    """The callback server on 127.0.0.1:``port``, or an error naming it."""
+    try:
+        return _CallbackServer(("127.0.0.1", port))
+    except OSError as exc:
+        # The SSO sends the browser to the registered callback URL only, so
+        # a new port means registering that URL for the application too.
+        source = "ESI_WORKER_SSO_CALLBACK_URL" if from_setting else "--port"
+        raise ConfigurationError(
+            f"cannot listen for the SSO callback on 127.0.0.1:{port} (from "
+            f"{source}: {exc.strerror or type(exc).__name__}): free that port, "
+            "or set another in ESI_WORKER_SSO_CALLBACK_URL (or pass --port) "
+            "and register that callback URL for the application at "
+            "developers.eveonline.com"
+        ) from exc
 
 
 class _CallbackServer(HTTPServer):
@@ -260,22 +281,44 @@ def _shown(exc: Exception) -> str:
 
 def _login_fields(grant: TokenGrant, requested: tuple[str, ...]) -> GrantFields:
     """What to store of a login's grant: its own scopes, or the requested
-    ones when the access token names none but came with a refresh token."""
+    ones when the access token names none but came with a refresh token.
+
+    EVE SSO grants a login exactly the scopes it asked for, so a grant with
+    other scopes answers another login (its code was pasted into this
+    login's callback, say): storing it would file a token under scopes it
+    was never asked for, so it is refused.
+
+    :raises SSOGrantError: ``error="scope_mismatch"``; nothing is stored.
+    """
     fields = grant_fields(grant)
-    if not fields.scopes and grant.refresh_token is not None and requested:
+    if fields.scopes and set(fields.scopes) != set(requested):
+        raise _scope_mismatch(requested, fields.scopes)
+    if not fields.scopes and requested:
+        if grant.refresh_token is None:
+            # No scp and no refresh token: a login that asked for nothing.
+            raise _scope_mismatch(requested, ())
         log.warning(
             "the login's access token has no scp claim; storing the %d "
             "scopes that were asked for",
             len(requested),
         )
         return dataclasses.replace(fields, scopes=requested)
-    if not set(requested) <= set(fields.scopes):
-        log.warning(
-            "login granted %d of %d requested scopes",
-            len(set(fields.scopes) & set(requested)),
-            len(requested),
-        )
     return fields
+
+
+def _scope_mismatch(
+    requested: tuple[str, ...], granted: tuple[str, ...]
+) -> SSOGrantError:
+    missing = sorted(set(requested) - set(granted))
+    unasked = sorted(set(granted) - set(requested))
+    parts = [f"missing {' '.join(missing)}"] if missing else []
+    parts += [f"not asked for {' '.join(unasked)}"] if unasked else []
+    return SSOGrantError(
+        f"the login asked for {len(requested)} scopes but the SSO's grant "
+        f"holds {len(granted)} ({'; '.join(parts)}): the callback's code "
+        "belongs to another login. Nothing was stored; start the login again",
+        error="scope_mismatch",
+    )
 
 
 def _take_pending(store: TokenStore, state: str) -> dict[str, Any]:

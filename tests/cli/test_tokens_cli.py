@@ -19,15 +19,20 @@ SCRIPT = os.path.join(os.path.dirname(sys.executable), "esi-worker")
 def cli(settings, emulator):
     """Run ``esi-worker`` in a process of its own, on the test settings."""
 
-    def run(*args: str, keys: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, keys: str | None = None, sso: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
         env.update(
             ESI_WORKER_DATABASE_URL=settings.database_url,
             ESI_WORKER_DATA_DIR=str(settings.data_dir),
             ESI_WORKER_SSO_BASE_URL=emulator.base_url,
-            ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
-            ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
         )
+        if sso:
+            env.update(
+                ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
+                ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
+            )
         if keys is not None:
             env["ESI_WORKER_TOKEN_KEYS"] = keys
         return subprocess.run(
@@ -180,3 +185,95 @@ def test_reencrypt_reports_every_table_it_covers(cli, token, settings, runtime):
     # then the output counts the token and the pending login
     assert result.returncode == 0, result.stderr
     assert "1 tokens" in result.stdout and "1 pending logins" in result.stdout
+
+
+def _rows(pool, table: str) -> int:
+    with pool.connection() as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("tokens", "refresh"),
+        ("tokens", "revoke", "{id}"),
+        ("login", "--scopes", ASSETS),
+    ],
+    ids=["refresh", "revoke", "login"],
+)
+def test_commands_that_need_the_sso_stop_up_front_without_its_settings(
+    cli, token, runtime, emulator, clean_db, command
+):
+    # given a stored expired token, and no SSO application in the settings
+    before = runtime.tokens.get(token.id)
+
+    # when a command that talks to the SSO runs
+    result = cli(*(part.format(id=token.id) for part in command), sso=False)
+
+    # then it fails at once with one line naming the settings to set
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert "ESI_WORKER_SSO_CLIENT_ID" in errors[0]
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in errors[0]
+
+    # and it wrote nothing, counted no failure, asked the SSO nothing
+    after = runtime.tokens.get(token.id)
+    assert (after.state, after.refresh_failures) == (before.state, 0)
+    assert (after.next_refresh_attempt, after.updated) == (None, before.updated)
+    assert _rows(clean_db, "esi_token_refresh_journal") == 0
+    assert _rows(clean_db, "esi_pending_login") == 0
+    assert emulator.stats()["sso_token_requests"] == 0
+
+
+def test_refresh_with_the_sso_settings_refreshes_the_due_tokens(cli, token, runtime):
+    # when the due tokens are refreshed with the SSO configured
+    result = cli("tokens", "refresh")
+
+    # then the expired token was renewed
+    assert result.returncode == 0, result.stderr
+    assert "success=1" in result.stdout
+    assert not runtime.tokens.get(token.id).expired
+
+
+def test_list_starts_with_a_header_row_naming_the_columns(cli, token):
+    # when the tokens are listed
+    lines = cli("tokens", "list").stdout.splitlines()
+
+    # then a header names each column, and the token's row follows
+    header = lines[0].split()
+    assert header[:4] == ["id", "character", "name", "status"]
+    assert "expires" in lines[0] and lines[0].rstrip().endswith("scopes")
+    assert lines[1].split()[0] == str(token.id)
+
+
+def test_show_help_promises_only_what_show_shows(cli, token):
+    # when show's help is read and a token shown
+    help_text = cli("tokens", "show", "--help").stdout
+    shown = cli("tokens", "show", str(token.id)).stdout
+
+    # then the help names refresh failures, which show lists, and no history
+    assert "history" not in help_text and "refresh failures" in help_text
+    for label in ("refresh failures:", "last refresh error:", "next refresh attempt:"):
+        assert label in shown
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("notaurl", "not a PostgreSQL connection string"),
+        ("postgresql://admin:hunter2secret@127.0.0.1:1/aa", "Connection refused"),
+    ],
+    ids=["not-a-url", "unreachable"],
+)
+def test_import_django_esi_names_a_bad_source_in_one_line(
+    cli, runtime, source, expected
+):
+    # when the import is pointed at a bad source
+    result = cli("tokens", "import-django-esi", "--from", source)
+
+    # then one line says what is wrong, never the password
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "hunter2secret" not in result.stdout + result.stderr

@@ -7,10 +7,11 @@ import json
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from worker.clock import FrozenClock
-from worker.errors import JWTValidationError
+from worker.errors import JWTValidationError, SSOTransientError
 from worker.sso import UNKNOWN_KID_REFETCH_S, KeySet, SSOClient, verify_access_token
 
 from .conftest import ASSETS, CHARACTER_ID, CHARACTER_NAME, SKILLS
@@ -232,3 +233,137 @@ def test_a_time_claim_out_of_range_is_refused_as_a_bad_token(emulator, sso, clai
             token, keys, client_id=emulator.client_id, allow_expired=True
         )
     # then it is one of our errors, naming the claim
+
+
+@pytest.fixture
+def local_signer(emulator, sso):
+    """Sign any header and claims (a real token's, changed) with the key of
+    a local key set, byte for byte: PyJWT's encoder refuses odd shapes."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="local-key", alg="RS256", use="sig")
+    keys = KeySet(lambda: {"keys": [jwk]}, max_age_s=300)
+    real = jwt.decode(
+        _fresh_access_token(emulator, sso), options={"verify_signature": False}
+    )
+
+    def segment(value) -> bytes:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=")
+
+    def sign(changes=None, *, drop=(), header=None):
+        claims = {k: v for k, v in {**real, **(changes or {})}.items() if k not in drop}
+        if header is None:
+            header = {"alg": "RS256", "typ": "JWT", "kid": "local-key"}
+        signing_input = segment(header) + b"." + segment(claims)
+        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        token = signing_input + b"." + segment(signature)
+        return token.decode(), keys
+
+    return sign
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "named"),
+    [
+        ("aud", 12345, "aud claim"),
+        ("aud", {"client": "EVE Online"}, "aud claim"),
+        ("aud", ["EVE Online", 7], "aud claim"),
+        ("aud", [["nested"], "EVE Online"], "aud claim"),
+        ("aud", _MISSING, "aud claim"),
+        ("iss", ["login.eveonline.com"], "issuer"),
+        ("iss", 42, "issuer"),
+        ("sub", 2112000001, "subject"),
+        ("sub", "CHARACTER:EVE:abc", "subject"),
+        ("sub", "CHARACTER:EVE:-5", "subject"),
+        ("sub", "CHARACTER:EVE:0", "subject"),
+        ("sub", "CHARACTER:EVE:" + "9" * 30, "subject"),
+        ("sub", "CHARACTER:EVE:" + "9" * 5000, "subject"),
+        ("sub", "CORPORATION:EVE:98000001", "subject"),
+        ("sub", "CHARACTER:EVE:1:2", "subject"),
+        ("sub", ["CHARACTER:EVE:1"], "subject"),
+        ("sub", _MISSING, "subject"),
+        ("owner", 12345, "owner"),
+        ("owner", ["hash"], "owner"),
+        ("owner", _MISSING, "owner"),
+        ("name", _MISSING, "name"),
+        ("name", {"first": "Test"}, "name"),
+        ("name", "", "name"),
+        ("exp", "1700000000", "exp"),
+        ("exp", True, "exp"),
+        ("exp", None, "exp"),
+        ("exp", _MISSING, "exp"),
+        ("scp", 7, "scp"),
+        ("scp", {"esi-assets.read_assets.v1": True}, "scp"),
+        ("scp", [1, 2], "scp"),
+        ("scp", "esi-assets.read_assets.v1,esi-skills.read_skills.v1", "scp"),
+    ],
+)
+def test_a_malformed_claim_is_a_clear_validation_error(
+    emulator, local_signer, claim, value, named
+):
+    # given a validly signed token whose one claim has the wrong shape
+    drop = (claim,) if value is _MISSING else ()
+    token, keys = local_signer({} if drop else {claim: value}, drop=drop)
+
+    # when it is verified
+    with pytest.raises(JWTValidationError) as caught:
+        verify_access_token(
+            token, keys, client_id=emulator.client_id, allow_expired=True
+        )
+
+    # then it fails as one of our errors, naming the claim, never the token
+    assert named in str(caught.value)
+    assert token not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ({"alg": "RS256"}, "kid"),
+        ({"alg": "RS256", "kid": 7}, "kid"),
+        ({"alg": "RS256", "kid": ""}, "kid"),
+        ({"alg": "RS256", "kid": ["local-key"]}, "kid"),
+        ({"alg": ["RS256"], "kid": "local-key"}, "algorithm"),
+        ({"kid": "local-key"}, "algorithm"),
+        ([1, 2], "JWT"),
+        ("RS256", "JWT"),
+        (7, "JWT"),
+        (b"{not json", "JWT"),
+    ],
+    ids=[
+        "no-kid",
+        "int-kid",
+        "empty-kid",
+        "list-kid",
+        "list-alg",
+        "no-alg",
+        "list-header",
+        "string-header",
+        "int-header",
+        "not-json-header",
+    ],
+)
+def test_a_malformed_header_is_a_clear_validation_error(
+    emulator, local_signer, header, named
+):
+    # given a signed token whose header is malformed
+    token, keys = local_signer(header=header)
+
+    # when it is verified
+    with pytest.raises(JWTValidationError, match=named):
+        verify_access_token(token, keys, client_id=emulator.client_id)
+    # then it fails as one of our errors, naming what is wrong
+
+
+def test_a_key_set_whose_keys_are_not_a_list_is_transient(emulator):
+    # given an SSO key set document with a malformed keys member
+    keys = KeySet(lambda: {"keys": 5}, max_age_s=300)
+
+    # when a key is asked for
+    with pytest.raises(SSOTransientError, match="no usable key"):
+        keys.key_for("local-key", "RS256")
+    # then it is an outage to retry, not a TypeError

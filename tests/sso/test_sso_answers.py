@@ -9,9 +9,11 @@ import pytest
 from requests_oauthlib import OAuth2Session
 
 from worker.errors import (
+    IncompleteResponseError,
     JWTValidationError,
     SSOConfigurationError,
     SSOGrantError,
+    SSOIncompleteResponseError,
     SSOTransientError,
 )
 from worker.sso import SSOClient
@@ -57,8 +59,15 @@ HTML = "text/html"
         ({"status": 400, "json": {"error": "invalid_scope"}}, SSOTransientError),
         ({"status": 200, "json": []}, SSOTransientError),
         ({"status": 200, "body": '{"access_token": "eyJ'}, SSOTransientError),
-        ({"status": 200, "json": {"access_token": None}}, SSOTransientError),
-        ({"status": 200, "json": {"access_token": 12345}}, SSOTransientError),
+        (
+            {"status": 200, "json": {"access_token": None}},
+            SSOIncompleteResponseError,
+        ),
+        (
+            {"status": 200, "json": {"access_token": 12345}},
+            SSOIncompleteResponseError,
+        ),
+        ({"kind": "no_access_token"}, SSOIncompleteResponseError),
         (
             {"status": 200, "json": {"error": "server_error", "access_token": "x"}},
             SSOTransientError,
@@ -258,3 +267,31 @@ def test_a_callers_oauth2_session_is_only_the_transport(
     assert grant.claims.character_id == CHARACTER_ID
     assert not [r for r in caplog.records if r.name.startswith("requests_oauthlib")]
     assert refresh_token not in caplog.text and grant.refresh_token not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "no_access_token"},
+        {"drop": ["access_token"]},
+        {"patch": {"access_token": ""}},
+    ],
+    ids=["no_access_token", "dropped", "empty"],
+)
+def test_a_200_without_an_access_token_is_incomplete_and_transient(
+    emulator, sso, refresh_token, fault
+):
+    # given an SSO answering 200 without a usable access token
+    emulator.configure(sso_faults=[fault])
+
+    # when a refresh is attempted
+    with pytest.raises(IncompleteResponseError) as caught:
+        sso.refresh(refresh_token)
+
+    # then the error is both what django-esi calls it and a transient one,
+    # which may have rotated the refresh token
+    error = caught.value
+    assert isinstance(error, SSOIncompleteResponseError)
+    assert isinstance(error, SSOTransientError) and error.status == 200
+    assert may_have_acted(error)
+    assert refresh_token not in str(error)

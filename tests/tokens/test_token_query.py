@@ -273,3 +273,19 @@ def test_repr_shows_id_character_and_state_but_no_secret(add_token):
     assert f"id={token.id}" in text and str(token.character_id) in text
     assert "valid" in text
     assert token.access_token not in text and token.refresh_token not in text
+
+
+def test_a_tokens_scopes_answer_django_esi_manager_calls(store, add_token):
+    # given a stored token holding two scopes, as read back
+    add_token(scopes=[SKILLS, ASSETS])
+    token = store.query().get()
+
+    # when its scopes are used the django-esi way, and the tuple way
+    names = [s.name for s in token.scopes.all()]
+
+    # then both see the same sorted names
+    assert names == [ASSETS, SKILLS] and token.scopes == (ASSETS, SKILLS)
+    assert token.scopes.count() == 2
+    assert token.scopes.filter(name=ASSETS).exists()
+    assert not token.scopes.filter(name=WALLET).exists()
+    assert token.replaced().scopes.all()[0].name == ASSETS

@@ -9,14 +9,22 @@ import threading
 import pytest
 
 from worker.errors import (
+    ConfigurationError,
+    JWTValidationError,
     SSOConfigurationError,
     SSOError,
     SSOTransientError,
     TokenError,
     TokenExpiredError,
     TokenInvalidError,
+    TokenRefreshClientRefusedError,
+    TokenRefreshJWTError,
+    TokenRefreshTransientError,
+    TokenRefreshUnconfiguredError,
 )
-from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token
+from worker.runtime import Runtime
+from worker.sso import SSOClient
+from worker.tokens import OWNER_CHANGED, REVOKED, VALID, Token, TokenStore
 
 from .conftest import ASSETS, CHARACTER_ID, SKILLS, WALLET, stored, token_count
 
@@ -452,3 +460,108 @@ def test_a_huge_retry_after_parks_a_token_for_an_hour_at_most(
     row = stored(frozen_store, token)
     assert row.state == VALID and row.refresh_failures == 1
     assert row.next_refresh_attempt <= clock.now() + dt.timedelta(seconds=3600)
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause", "combined"),
+    [
+        (
+            {"kind": "invalid_client"},
+            SSOConfigurationError,
+            TokenRefreshClientRefusedError,
+        ),
+        ({"status": 503}, SSOTransientError, TokenRefreshTransientError),
+        ({"kind": "no_access_token"}, SSOTransientError, TokenRefreshTransientError),
+        ({"access_token": "bad_signature"}, JWTValidationError, TokenRefreshJWTError),
+    ],
+    ids=["invalid_client", "503", "no_access_token", "bad_signature"],
+)
+def test_every_failed_refresh_is_a_token_expired_error_and_its_cause(
+    emulator, sso_token, fault, cause, combined
+):
+    # given an expired token and an SSO about to fail its refresh
+    token = sso_token()
+    emulator.configure(sso_faults=[fault])
+
+    # when its access token is asked for
+    with pytest.raises(TokenExpiredError) as caught:
+        token.valid_access_token()
+
+    # then the one error answers both the django-esi habit and the cause,
+    # and carries the context of both
+    error = caught.value
+    assert type(error) is combined
+    assert isinstance(error, cause) and isinstance(caught.value.__cause__, cause)
+    assert (error.token_id, error.character_id) == (token.id, CHARACTER_ID)
+    assert error.status == caught.value.__cause__.status
+    assert f"token {token.id}" in str(error)
+    assert token.refresh_token not in str(error)
+
+
+def test_a_refused_client_is_catchable_both_ways_and_logged_critical(
+    emulator, sso_token, caplog
+):
+    # given an SSO that refuses our client credentials
+    token = sso_token()
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}] * 2)
+
+    # when two callers ask for the access token, each catching its own way
+    with pytest.raises(SSOConfigurationError) as as_sso:
+        token.valid_access_token()
+    with pytest.raises(TokenExpiredError) as as_django_esi:
+        token.valid_access_token()
+
+    # then both caught it, with the SSO's error code, and the operator was
+    # told loudly each time
+    assert as_sso.value.error == as_django_esi.value.error == "invalid_client"
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 2
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in critical[0].getMessage()
+
+
+def test_without_sso_settings_valid_access_token_is_expired_and_writes_nothing(
+    emulator, sso_token, settings, clean_db, store
+):
+    # given an expired token, and a store without an SSO application
+    token = sso_token()
+    unconfigured = settings.replace(sso_client_id=None, sso_client_secret=None)
+    sso = SSOClient(unconfigured)
+    bare = TokenStore(clean_db, sso, unconfigured)
+    seen = bare.get(token.id)
+
+    # when its access token is asked for
+    with pytest.raises(TokenExpiredError) as caught:
+        seen.valid_access_token()
+
+    # then the error is also a ConfigurationError naming the settings, no
+    # SSO call was made and nothing was written
+    assert isinstance(caught.value, ConfigurationError)
+    assert type(caught.value) is TokenRefreshUnconfiguredError
+    assert "ESI_WORKER_SSO_CLIENT_ID" in str(caught.value)
+    assert emulator.stats()["sso_token_requests"] == 0
+    row = stored(store, token)
+    assert (row.refresh_failures, row.next_refresh_attempt) == (0, None)
+    assert row.updated == token.updated
+    with clean_db.connection() as conn:
+        journal = conn.execute("SELECT count(*) FROM esi_token_refresh_journal")
+        assert journal.fetchone()[0] == 0
+    bare.close()
+    sso.close()
+
+
+def test_without_sso_settings_the_usable_token_queries_say_why(
+    sso_token, settings, clean_db
+):
+    # given an expired token, and a runtime without an SSO application
+    token = sso_token()
+    unconfigured = settings.replace(sso_client_id=None, sso_client_secret=None)
+    runtime = Runtime.from_settings(unconfigured, pool=clean_db)
+
+    # when a usable token is looked for
+    with runtime.activated():
+        with pytest.raises(ConfigurationError, match="ESI_WORKER_SSO_CLIENT_ID"):
+            Token.get_token(token.character_id, [ASSETS])
+        with pytest.raises(ConfigurationError, match="ESI_WORKER_SSO_CLIENT_ID"):
+            list(runtime.tokens.query().require_valid())
+    # then the missing settings are named instead of "no token"
+    runtime.close()

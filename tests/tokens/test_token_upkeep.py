@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from worker import metrics
-from worker.errors import TokenExpiredError
+from worker.errors import ConfigurationError, TokenExpiredError
+from worker.sso import SSOClient
 from worker.tokens import NO_REFRESH_EXPIRED, REVOKED, VALID, TokenStore
 from worker.tokens.upkeep import CLAIM_LEASE_S, MAX_LEASE_S, spread_share
 
@@ -361,3 +362,40 @@ def test_a_batch_fits_its_lease_even_with_slow_timeouts(
             "SELECT count(*) FROM esi_token WHERE next_refresh_attempt IS NOT NULL"
         ).fetchone()[0]
     assert leased == 0
+
+
+@pytest.mark.parametrize("how", ["refresh_due", "refresh_many", "bulk_refresh"])
+def test_without_sso_settings_a_refresh_run_stops_before_it_writes_anything(
+    emulator, frozen_store, settings, clean_db, clock, how
+):
+    # given due tokens, and a store without an SSO application
+    tokens = [_grant_token(emulator, frozen_store, 90000100 + n) for n in range(3)]
+    unconfigured = settings.replace(sso_client_id=None, sso_client_secret=None)
+    sso = SSOClient(unconfigured, clock=clock)
+    bare = TokenStore(clean_db, sso, unconfigured, clock=clock)
+    before = _outcomes()
+
+    # when a refresh run starts
+    with pytest.raises(ConfigurationError) as caught:
+        if how == "refresh_due":
+            bare.refresh_due()
+        elif how == "refresh_many":
+            bare.refresh_many(bare.query())
+        else:
+            bare.query().bulk_refresh()
+
+    # then it names the settings, and wrote nothing: no lease, no back-off,
+    # no journal entry, no refresh counted (least of all as transient)
+    assert "ESI_WORKER_SSO_CLIENT_ID" in str(caught.value)
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in str(caught.value)
+    for token in tokens:
+        row = stored(frozen_store, token)
+        assert (row.next_refresh_attempt, row.refresh_failures) == (None, 0)
+        assert row.last_refresh_error is None and row.state == VALID
+    with clean_db.connection() as conn:
+        journal = conn.execute("SELECT count(*) FROM esi_token_refresh_journal")
+        assert journal.fetchone()[0] == 0
+    assert _outcomes() == before
+    assert emulator.stats()["sso_token_requests"] == 0
+    bare.close()
+    sso.close()

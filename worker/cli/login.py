@@ -35,6 +35,9 @@ def login(
     """Log a character in through EVE SSO and store its token."""
     from ..login import loopback_login
     from ..runner import open_runtime
+    from ..sso import require_sso_application
+
+    require_sso_application(settings_of(ctx))
 
     def show(url: str) -> None:
         click.echo("Open this URL to log in:")

@@ -11,6 +11,12 @@ from . import friendly_errors, settings_of
 if TYPE_CHECKING:
     from ..tokens import ClientRefusal, Token
 
+# The columns of `tokens list`; its rows keep the same widths.
+_LIST_HEADER = (
+    f"{'id':>6}  {'character':>12}  {'name':<28} {'status':<18} "
+    f"{'access token expires':<28}  scopes"
+)
+
 # What each status means, as `tokens show` explains it.
 _STATUS_TEXT = {
     "valid": "usable now",
@@ -44,6 +50,7 @@ def tokens_list(ctx: click.Context, show_all: bool) -> None:
         query = runtime.tokens.query()
         if show_all:
             query = query.including_dead()
+        click.echo(_LIST_HEADER)
         for token in query.order_by("character_id"):
             click.echo(
                 f"{token.id:>6}  {token.character_id:>12}  {token.character_name:<28} "
@@ -58,7 +65,7 @@ def tokens_list(ctx: click.Context, show_all: bool) -> None:
 @click.pass_context
 @friendly_errors
 def tokens_show(ctx: click.Context, token_id: int) -> None:
-    """Show one token: character, state and why, scopes, refresh history."""
+    """Show one token: character, state and why, scopes, refresh failures."""
     from ..runner import open_runtime
 
     with open_runtime(settings_of(ctx)) as runtime:
@@ -95,7 +102,9 @@ def tokens_show(ctx: click.Context, token_id: int) -> None:
 def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
     """Revoke a token at the SSO and mark it revoked (kept until pruned)."""
     from ..runner import open_runtime
+    from ..sso import require_sso_application
 
+    require_sso_application(settings_of(ctx))
     with open_runtime(settings_of(ctx)) as runtime:
         token = runtime.tokens.get(token_id)
         if token is None:
@@ -110,7 +119,10 @@ def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
 def tokens_refresh(ctx: click.Context) -> None:
     """Refresh every token due for refresh, now."""
     from ..runner import open_runtime
+    from ..sso import require_sso_application
 
+    # Before the database is opened: nothing is claimed or written.
+    require_sso_application(settings_of(ctx))
     with open_runtime(settings_of(ctx)) as runtime:
         click.echo(str(runtime.tokens.refresh_due()))
 
@@ -123,9 +135,10 @@ def tokens_refresh(ctx: click.Context) -> None:
 @friendly_errors
 def tokens_import(ctx: click.Context, source: str) -> None:
     """Import every token of a django-esi database (all or nothing; re-runnable)."""
-    from ..django_import import import_django_esi
+    from ..django_import import describe_source, import_django_esi
     from ..runner import open_runtime
 
+    describe_source(source)  # a malformed --from fails before anything opens
     with open_runtime(settings_of(ctx)) as runtime:
         click.echo(str(import_django_esi(source, runtime.tokens)))
 

@@ -20,7 +20,14 @@ from ..access_tokens import (
     verify_access_token,
 )
 from .answers import SSO_CLASSES, classify_token_error, sso_class
-from .client import Endpoints, LoginRequest, SSOClient, TokenAnswer, TokenGrant
+from .client import (
+    Endpoints,
+    LoginRequest,
+    SSOClient,
+    TokenAnswer,
+    TokenGrant,
+    require_sso_application,
+)
 
 __all__ = [
     "ACCEPTED_ISSUERS",
@@ -37,6 +44,7 @@ __all__ = [
     "TokenAnswer",
     "TokenGrant",
     "classify_token_error",
+    "require_sso_application",
     "sso_class",
     "verify_access_token",
 ]

@@ -3,7 +3,8 @@
 Every answer (or failure to get one) becomes ``None`` (usable) or one of
 :class:`SSOGrantError` (the grant is dead), :class:`SSOConfigurationError`
 (our client credentials were refused) and :class:`SSOTransientError`
-(try again later); :func:`sso_class` names the class for metrics, and
+(try again later; :class:`SSOIncompleteResponseError` when a 200 lacks
+its access token); :func:`sso_class` names the class for metrics, and
 :func:`may_have_acted` tells whether a failed request may still have
 rotated the refresh token at the SSO.
 """
@@ -24,6 +25,7 @@ from ..errors import (
     SSOConfigurationError,
     SSOError,
     SSOGrantError,
+    SSOIncompleteResponseError,
     SSOTransientError,
 )
 
@@ -83,7 +85,8 @@ def classify_token_error(
             error=error,
         )
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
-        return SSOTransientError(
+        # Both: incomplete (django-esi's name for it) and worth retrying.
+        return SSOIncompleteResponseError(
             "SSO answered 200 without an access token", status=status
         )
     return None

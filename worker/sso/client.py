@@ -292,6 +292,13 @@ class SSOClient:
             allow_expired=allow_expired,
         )
 
+    def require_application(self) -> str:
+        """The client id, checked before anything is asked of the SSO.
+
+        :raises ConfigurationError: no SSO application is configured.
+        """
+        return require_sso_application(self._settings)
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._adapter.close()
@@ -303,12 +310,7 @@ class SSOClient:
         return self._settings.sso_client_id
 
     def _require_client_id(self) -> str:
-        if not self._client_id:
-            raise ConfigurationError(
-                "ESI_WORKER_SSO_CLIENT_ID is not set; register an application "
-                "at developers.eveonline.com and configure it"
-            )
-        return self._client_id
+        return require_sso_application(self._settings)
 
     def _basic_auth(self) -> HTTPBasicAuth | None:
         """Basic client auth for web apps; ``None`` for PKCE-only (native) apps."""
@@ -407,6 +409,24 @@ class SSOClient:
         if not isinstance(document, dict):
             raise SSOTransientError("SSO key set is not a JSON object")
         return document
+
+
+def require_sso_application(settings: Settings) -> str:
+    """The configured client id; what every SSO call needs first.
+
+    A native application (PKCE) has no secret, so only the id is required;
+    a web application missing its secret learns it from the SSO's
+    ``invalid_client``, which is recorded and reported loudly.
+
+    :raises ConfigurationError: no client id, naming the settings to set.
+    """
+    if not settings.sso_client_id:
+        raise ConfigurationError(
+            "no SSO application configured: set ESI_WORKER_SSO_CLIENT_ID and "
+            "ESI_WORKER_SSO_CLIENT_SECRET (from developers.eveonline.com; a "
+            "native application sets the client id only)"
+        )
+    return settings.sso_client_id
 
 
 def _answer(

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SSOError, TokenError, TokenLookupError
+from ..errors import ConfigurationError, SSOError, TokenError, TokenLookupError
 from ..scopes import normalize_scopes
 from .rows import TOKEN_COLUMNS, token_from_row
 from .token import EXPIRY_MARGIN_S, VALID, Token
@@ -147,7 +147,12 @@ class TokenQuery:
         return query
 
     def require_valid(self) -> TokenQuery:
-        """Only usable tokens: expired ones are refreshed when read, dead ones left out."""
+        """Only usable tokens: expired ones are refreshed when read, dead ones left out.
+
+        Reading raises :class:`ConfigurationError` when a refresh is needed
+        and no SSO application is configured, instead of leaving every
+        expired token out without a word.
+        """
         query = self._copy()
         query._require_valid = True
         return query
@@ -281,6 +286,8 @@ class TokenQuery:
                 break
             try:
                 token.valid_access_token()
+            except ConfigurationError:
+                raise  # the settings' fault, the same for every token
             except (TokenError, SSOError) as exc:
                 log.debug("token %r left out: %s", token.id, type(exc).__name__)
                 continue

@@ -177,11 +177,14 @@ class TokenStore:
         the lock (or, with ``min_remaining_s``, the stored access token still
         lives that long), the stored token is returned without an SSO call.
 
+        :raises ConfigurationError: no SSO application is configured;
+            nothing was written.
         :raises TokenInvalidError: the grant is dead; the token's state says why.
         :raises NotRefreshableTokenError: the token has no refresh token.
         :raises SSOConfigurationError: our client credentials were refused.
         :raises SSOError: a transient failure; the token is kept for later.
         """
+        self.sso.require_application()
         return self._refresher.refresh(token, session, auth, min_remaining_s)[0]
 
     def refresh_many(
@@ -192,6 +195,9 @@ class TokenStore:
         That is the ones refreshed here and the ones another holder
         refreshed meanwhile, as stored now. An ``invalid_client`` answer
         stops the refreshes not yet sent.
+
+        :raises ConfigurationError: no SSO application is configured (and
+            there was something to refresh); nothing was written.
         """
         results = self._upkeep.refresh_all(list(tokens), parallelism, None)
         return [t for t, outcome in results if outcome in ("success", "skipped")]
@@ -211,6 +217,9 @@ class TokenStore:
         due up to ``refresh_spread_s`` earlier, by a fixed share of its own
         (see :func:`~worker.tokens.upkeep.spread_share`), so tokens that
         expire together are renewed over a few runs, not in one burst.
+
+        :raises ConfigurationError: no SSO application is configured; the
+            run stops before it claims (or writes) anything.
         """
         return self._upkeep.refresh_due(
             ahead_s=ahead_s, parallelism=parallelism, batch_size=batch_size
@@ -263,6 +272,8 @@ class TokenStore:
     def revoke(self, token: Token, *, reason: str = "revoked by the operator") -> Token:
         """Revoke the grant at the SSO, then mark the token revoked (kept until pruned).
 
+        :raises ConfigurationError: no SSO application is configured and the
+            token has a refresh token to revoke; the token is unchanged.
         :raises SSOError: the SSO could not be told; the token is unchanged.
         """
         current = self.get(token.id)

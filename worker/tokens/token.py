@@ -8,15 +8,22 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
+    ConfigurationError,
     JWTValidationError,
     NotRefreshableTokenError,
+    SSOConfigurationError,
     SSOError,
     SSOTransientError,
     TokenError,
     TokenExpiredError,
     TokenInvalidError,
     TokenLookupError,
+    TokenRefreshClientRefusedError,
+    TokenRefreshJWTError,
+    TokenRefreshTransientError,
+    TokenRefreshUnconfiguredError,
 )
+from ..scopes import TokenScopes
 
 if TYPE_CHECKING:
     from .query import TokenQuery
@@ -37,6 +44,16 @@ EXPIRED = "expired"
 # An access token this close to its expiry counts as expired: an ESI call
 # started with it could arrive after it lapsed.
 EXPIRY_MARGIN_S = 30.0
+
+# What valid_access_token() raises when a refresh failed for now: a
+# TokenExpiredError, as django-esi callers catch, that is also the error
+# of the cause (see worker.errors). Subclasses before their parents.
+_EXPIRED_BECAUSE: tuple[tuple[type[Exception], type[TokenExpiredError]], ...] = (
+    (SSOConfigurationError, TokenRefreshClientRefusedError),
+    (JWTValidationError, TokenRefreshJWTError),
+    (SSOTransientError, TokenRefreshTransientError),
+    (ConfigurationError, TokenRefreshUnconfiguredError),
+)
 
 COLUMNS = (
     "id",
@@ -100,13 +117,13 @@ class Token:
     last_refresh_error: str | None
     refresh_failures: int
     next_refresh_attempt: dt.datetime | None
-    scopes: tuple[str, ...]
+    scopes: TokenScopes
 
     def __init__(self, store: TokenStore, row: Mapping[str, Any]) -> None:
         self._store = store
         for name in COLUMNS:
             setattr(self, name, row[name])
-        self.scopes = tuple(row.get("scopes") or ())
+        self.scopes = TokenScopes(row.get("scopes") or ())
 
     def __repr__(self) -> str:
         return (
@@ -161,6 +178,12 @@ class Token:
     def valid_access_token(self) -> str:
         """The access token, refreshed first when it has expired.
 
+        Every failure to get a usable access token *now* is a
+        :class:`TokenExpiredError`; the ones a refresh met are also the
+        error of their cause (``TokenRefresh*`` in :mod:`worker.errors`),
+        so ``except SSOConfigurationError`` still tells a refused client
+        apart.
+
         :raises TokenInvalidError: the grant is dead (revoked, owner changed).
         :raises TokenExpiredError: expired, and no refresh is possible now.
         """
@@ -181,12 +204,15 @@ class Token:
 
         try:
             fresh = self._store.refresh(self, min_remaining_s=EXPIRY_MARGIN_S)
-        except (SSOTransientError, JWTValidationError) as exc:
+        except NotRefreshableTokenError as exc:
+            # Its refresh token went while we waited for the row lock.
             raise TokenExpiredError(
-                f"token {self.id} expired and the SSO could not refresh it now",
+                f"token {self.id} expired and has no refresh token",
                 token_id=self.id,
                 character_id=self.character_id,
             ) from exc
+        except (SSOError, ConfigurationError) as exc:
+            raise self._expired_because(exc) from exc
         self._assign(fresh)
         return self.access_token
 
@@ -195,6 +221,7 @@ class Token:
 
         :raises NotRefreshableTokenError: the token has no refresh token.
         :raises TokenInvalidError: the SSO says the grant is dead.
+        :raises ConfigurationError: no SSO application is configured.
         :raises SSOError: the SSO could not answer (nothing was lost).
         """
         if self.refresh_token is None:
@@ -213,7 +240,11 @@ class Token:
 
     @classmethod
     def get_token(cls, character_id: int, scopes: str | Iterable[str]) -> Token | bool:
-        """A usable token of the character holding ``scopes``, else ``False``."""
+        """A usable token of the character holding ``scopes``, else ``False``.
+
+        :raises ConfigurationError: a refresh was needed and the settings do
+            not allow one (no SSO application configured).
+        """
         candidates = (
             cls.objects.filter(character_id=character_id)
             .require_scopes(scopes)
@@ -222,6 +253,8 @@ class Token:
         for token in candidates:
             try:
                 token.valid_access_token()
+            except ConfigurationError:
+                raise  # the settings' fault, the same for every token
             except (TokenError, SSOError) as exc:
                 log.debug(
                     "token %r of character %r unusable: %s",
@@ -238,6 +271,23 @@ class Token:
         values = {name: getattr(self, name) for name in (*COLUMNS, "scopes")}
         values.update(changes)
         return Token(self._store, values)
+
+    def _expired_because(
+        self, exc: SSOError | ConfigurationError
+    ) -> TokenExpiredError:
+        """The error for a refresh that failed with ``exc``: in both branches."""
+        message = f"token {self.id} expired and could not be refreshed now: {exc}"
+        ids = {"token_id": self.id, "character_id": self.character_id}
+        kind = next((k for c, k in _EXPIRED_BECAUSE if isinstance(exc, c)), None)
+        if kind is None or not isinstance(exc, SSOError):
+            return (kind or TokenExpiredError)(message, **ids)
+        return kind(
+            message,
+            **ids,
+            status=exc.status,
+            error=exc.error,
+            retry_after_s=exc.retry_after_s,
+        )
 
     def _assign(self, other: Token) -> None:
         for name in (*COLUMNS, "scopes"):

@@ -103,6 +103,9 @@ class TokenUpkeep:
         ahead_s = settings.refresh_ahead_s if ahead_s is None else ahead_s
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # Before any claim: a missing setting is the operator's to fix, not
+        # a failure of each token (no lease, no journal entry, no back-off).
+        self._store.sso.require_application()
         workers = self._workers(parallelism)
         batch_size, lease_s = self._batch_and_lease(batch_size, workers)
         counts: Counter[str] = Counter(no_refresh_expired=self._expire_unrefreshable())
@@ -141,9 +144,12 @@ class TokenUpkeep:
 
         An ``invalid_client`` answer stops the refreshes not yet sent: every
         one of them would get the same answer.
+
+        :raises ConfigurationError: no SSO application is configured.
         """
         if not tokens:
             return []
+        self._store.sso.require_application()
         workers = self._workers(parallelism)
         run = run or RefreshRun()
         with ThreadPoolExecutor(
