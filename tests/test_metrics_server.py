@@ -57,3 +57,18 @@ def test_the_example_scrape_config_keeps_the_job_label_of_the_metrics() -> None:
     # metrics' own `job` label (the dashboards group by it)
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.example.yml").read_text())
     assert all(scrape.get("honor_labels") is True for scrape in config["scrape_configs"])
+
+
+def test_a_metric_file_still_being_created_does_not_break_a_scrape(
+    tmp_path: Path,
+) -> None:
+    # given a process group's folder where a starting process has just
+    # created its file, still empty
+    from prometheus_client import generate_latest
+
+    from worker.metrics.server import multiprocess_registry
+
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+
+    # when the group's registry is scraped, then it answers (with nothing)
+    assert generate_latest(multiprocess_registry(tmp_path)) == b""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -57,8 +60,39 @@ def process_registry(
 def multiprocess_registry(path: Path) -> CollectorRegistry:
     """A registry adding up the metric files every process wrote under ``path``."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(path))
+    _StartedFilesCollector(registry, path=str(path))
     return registry
+
+
+class _StartedFilesCollector(MultiProcessCollector):
+    """prometheus-client's multiprocess collector, minus files being created.
+
+    A process that is just starting creates its metric file empty and only
+    then sizes it; a scrape in between fails on the whole file set with a
+    ``struct.error``. Such a file holds no sample yet, so it is skipped.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        for attempt in range(3):
+            files = [
+                name for name in glob.glob(os.path.join(self._path, "*.db"))
+                if _holds_header(name)
+            ]
+            try:
+                return self.merge(files, accumulate=True)
+            except (OSError, struct.error):
+                # A process ended (its file removed) or began mid-read: the
+                # next listing no longer holds that file in that state.
+                if attempt == 2:
+                    raise
+        return []
+
+
+def _holds_header(name: str) -> bool:
+    try:
+        return os.path.getsize(name) >= 8  # the used-bytes word and padding
+    except OSError:  # removed since the listing: a process that ended
+        return False
 
 
 class _ProcessMetrics(Collector):
