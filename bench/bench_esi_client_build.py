@@ -44,7 +44,7 @@ def run(base: str, data_dir: str) -> tuple[float, dict]:
 def main() -> None:
     data_dir = tempfile.mkdtemp()
     with emulator_process() as base:
-        cold_s, cold = run(base, data_dir)
+        _cold_s, cold = run(base, data_dir)
         runs = [run(base, data_dir) for _ in range(3)]
     whole_s, warm = min(runs, key=lambda r: r[1]["build_s"])
     print(f"full ESI spec, {warm['operations']} operations, live OpenAPI source")

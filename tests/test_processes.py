@@ -41,7 +41,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     url = REDIS_URL if request.param == "redis" else AMQP_URL
     try:
         _purge(url)
-    except Exception as exc:  # the broker must be running for this test
+    except Exception as exc:  # noqa: BLE001 - the broker must be running
         pytest.fail(f"{request.param} broker at {url} is not reachable: {exc}")
     return url
 

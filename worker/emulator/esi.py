@@ -27,6 +27,7 @@ from .limits import BucketLimiter, ErrorLimiter
 from .messages import (
     Request,
     Response,
+    answer_after,
     error_response,
     http_date,
     json_bytes_response,
@@ -87,9 +88,8 @@ class ESIService:
 
     def handle(self, request: Request) -> Response:
         """The full answer to one ESI request, limits and counters included."""
+        started = time.monotonic()
         config = self._state.switches
-        if config.esi_latency_s:
-            time.sleep(config.esi_latency_s)
         version, bare = self._table.split_version(request.path)
         call = _Call(request, self._table.match(request.method, bare))
         if call.match is not None and call.match.operation.authed:
@@ -121,6 +121,7 @@ class ESIService:
             self._state.stats.spec_request(request.path, response.status)
         else:
             self._state.stats.esi_request(request.path, response.status)
+        answer_after(started, config.esi_latency_s)
         return response
 
     def _answer(self, call: _Call, version: str | None, bare: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -115,3 +116,16 @@ def parse_http_date(text: str | None) -> float | None:
         return email.utils.parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError):
         return None
+
+
+def answer_after(started: float, latency_s: float) -> None:
+    """Hold an answer until ``latency_s`` after ``started`` (monotonic).
+
+    The configured latency is the time to answer: the emulator's own work
+    on the request counts towards it instead of adding to it, so a
+    benchmark at 50 ms sees 50 ms, however long signing a JWT took.
+    """
+    if latency_s > 0:
+        remaining = latency_s - (time.monotonic() - started)
+        if remaining > 0:
+            time.sleep(remaining)

@@ -16,7 +16,7 @@ from ..errors import ScopeError
 from ..scopes import normalize_scopes
 from .config import processes_request
 from .grants import CodeGrant, GrantRefused
-from .messages import DROP_CONNECTION, Request, Response, json_response
+from .messages import DROP_CONNECTION, Request, Response, answer_after, json_response
 from .state import EmulatorState
 
 log = logging.getLogger(__name__)
@@ -133,23 +133,25 @@ class SSOService:
         A fault that changes a real answer (or has ``process``) lets the
         request be carried out first; any other is answered instead of it.
         """
-        config = self._state.switches
+        started, config = time.monotonic(), self._state.switches
         with self._state.stats.sso_token_request() as in_flight:
             if (
                 config.sso_burst_limit is not None
                 and in_flight > config.sso_burst_limit
             ):
                 return _oauth_error(503, "temporarily_unavailable", "Too busy.")
-            if config.sso_latency_s:
-                time.sleep(config.sso_latency_s)
-            grant_type = (request.form() or {}).get("grant_type")
-            fault = self._state.next_sso_fault(grant_type)
-            if fault is None:
-                return self._token(request)
-            if not processes_request(fault):
-                return _fault_response(fault)
-            answer = self._token(request, craft=fault)
-            return _changed_answer(fault, answer)
+            answer = self._answer_token(request)
+            answer_after(started, config.sso_latency_s)
+            return answer
+
+    def _answer_token(self, request: Request) -> Response:
+        grant_type = (request.form() or {}).get("grant_type")
+        fault = self._state.next_sso_fault(grant_type)
+        if fault is None:
+            return self._token(request)
+        if not processes_request(fault):
+            return _fault_response(fault)
+        return _changed_answer(fault, self._token(request, craft=fault))
 
     def revoke(self, request: Request) -> Response:
         """Revoke the grant behind a refresh token; 200 whatever was sent."""

@@ -125,6 +125,7 @@ class SSOClient:
         )
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
+        self._sessions = threading.local()
         self.keys = KeySet(
             self._fetch_jwks, max_age_s=settings.jwks_max_age_s, clock=clock
         )
@@ -320,10 +321,15 @@ class SSOClient:
         return HTTPBasicAuth(self._require_client_id(), secret.get_secret_value())
 
     def _http(self) -> requests.Session:
-        session = requests.Session()
-        session.headers["User-Agent"] = self._settings.user_agent
-        session.mount("https://", self._adapter)
-        session.mount("http://", self._adapter)
+        # One session per thread over the shared connection pool: building
+        # a session makes two adapters of its own, a cost per refresh.
+        session: requests.Session | None = getattr(self._sessions, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self._settings.user_agent
+            session.mount("https://", self._adapter)
+            session.mount("http://", self._adapter)
+            self._sessions.session = session
         return session
 
     def _token_request(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
+from collections.abc import Iterator
 
 from .token import Token
 
 # The outcome of a claimed token the run left without an SSO call; not a
 # refresh, so no metric counts it.
 NOT_ATTEMPTED = "not_attempted"
+
+
+class RunStopped(Exception):
+    """The run stopped while a refresh waited for an SSO slot (internal)."""
 
 
 @dataclasses.dataclass
@@ -26,6 +32,8 @@ class RefreshRun:
 
     claimed_at: dt.datetime | None = None
     lease_until: dt.datetime | None = None
+    # At most this many SSO calls of the run at once; None: no bound here.
+    sso_slots: threading.Semaphore | None = None
     _stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -40,6 +48,21 @@ class RefreshRun:
             first = not self._stopped.is_set()
             self._stopped.set()
         return first
+
+    @contextlib.contextmanager
+    def sso_call(self) -> Iterator[None]:
+        """Hold one of the run's SSO slots for the length of a call.
+
+        Raises :class:`RunStopped` instead of calling when the run stopped
+        while the refresh waited for its slot.
+        """
+        if self.sso_slots is None:
+            yield
+            return
+        with self.sso_slots:
+            if self.stopped:
+                raise RunStopped
+            yield
 
     def for_batch(
         self, claimed_at: dt.datetime, lease_until: dt.datetime

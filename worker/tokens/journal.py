@@ -48,18 +48,20 @@ class RefreshJournal:
 
     The writes use ``synchronous_commit = off``: they must survive the
     worker dying, not the database server crashing, and so need not wait
-    for a flush to disk. One connection, opened on first use, serves every
-    thread (a write takes microseconds): a refresh waiting for its row lock
-    while holding a pooled connection must never also need a second one.
+    for a flush to disk. They run on connections of the journal's own,
+    never the pool's: a refresh waiting for its row lock while holding a
+    pooled connection must never also need a second one. A write takes an
+    idle one (or opens one), so refreshes running at once never queue
+    behind each other; there are as many as writes ever ran at once.
     """
 
     def __init__(self, pool: ConnectionPool, cipher: TokenCipher) -> None:
         self._pool = pool
         self._cipher = cipher
-        self._holder: list[psycopg.Connection[Any]] = []
+        self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
-        # Closes the connection when the journal is collected or at exit.
-        self._finalizer = weakref.finalize(self, _close_all, self._holder)
+        # Closes the connections when the journal is collected or at exit.
+        self._finalizer = weakref.finalize(self, _close_all, self._idle)
 
     def __repr__(self) -> str:
         return "<RefreshJournal>"
@@ -105,35 +107,42 @@ class RefreshJournal:
         )
 
     def close(self) -> None:
-        """Close the journal's connection (it reopens on the next write)."""
+        """Close the journal's connections (they reopen on the next write)."""
         with self._lock:
-            _close_all(self._holder)
+            _close_all(self._idle)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         # A journal that cannot be written only weakens crash recovery; the
         # refresh itself goes on.
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    self._connection().execute(sql, params)
-                    return
-                except psycopg.OperationalError as exc:
-                    _close_all(self._holder)
-                    if attempt == 2:
-                        log.warning(
-                            "refresh journal not written (%s)", type(exc).__name__
-                        )
+        for attempt in (1, 2):
+            conn = None
+            try:
+                conn = self._take()
+                conn.execute(sql, params)
+            except psycopg.OperationalError as exc:
+                if conn is not None:
+                    _close_all([conn])
+                if attempt == 2:
+                    log.warning("refresh journal not written (%s)", type(exc).__name__)
+                continue
+            self._give_back(conn)
+            return
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._holder and not self._holder[0].closed:
-            return self._holder[0]
-        _close_all(self._holder)
+    def _take(self) -> psycopg.Connection[Any]:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
         conninfo = self._pool.conninfo
         conninfo = conninfo() if callable(conninfo) else conninfo
         conn = psycopg.connect(conninfo, autocommit=True)
         conn.execute("SET synchronous_commit = off")
-        self._holder.append(conn)
         return conn
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            self._idle.append(conn)
 
 
 def _close_all(holder: list[psycopg.Connection[Any]]) -> None:

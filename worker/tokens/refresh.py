@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..sso import sso_class
 from ..sso.answers import may_have_acted
-from .bulk import NOT_ATTEMPTED, RefreshRun
+from .bulk import NOT_ATTEMPTED, RefreshRun, RunStopped
 from .journal import JournalEntry
 from .outcomes import RowWriter
 from .rows import TOKEN_COLUMNS, token_from_row
@@ -114,7 +114,13 @@ class TokenRefresher:
         # Token object may be updated by another thread meanwhile.
         seen_refresh, seen_expires = seen.refresh_token, seen.access_expires
         journal = self._store.journal
-        with self._store.pool.connection() as conn, conn.transaction():
+        # Pipeline mode: BEGIN goes with the locking SELECT, and the writes
+        # with the COMMIT, two round trips in all besides the SSO call.
+        with (
+            self._store.pool.connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+        ):
             current, entry = self._lock(conn, seen.id)
             earlier = _earlier(entry, current, run.claimed_at)
             if self._refreshed_elsewhere(
@@ -133,7 +139,14 @@ class TokenRefresher:
             attempt.started = run.claimed_at or self._store.clock.now()
             if run.claimed_at is None:
                 journal.started(current.id, attempt.started)
-            answer = self._ask_sso(current, earlier, session, auth, attempt, run)
+            try:
+                answer = self._ask_sso(current, earlier, session, auth, attempt, run)
+            except RunStopped:
+                # Stopped while waiting for an SSO slot: nothing was asked,
+                # and the claim gives the token back untouched.
+                log.debug("token %r passed over by this run", current.id)
+                attempt.outcome, attempt.token = NOT_ATTEMPTED, current
+                return
             self._store_outcome(conn, current, earlier, answer, attempt)
             self._settle_journal(conn, current, earlier, attempt)
         self._raise_for(current, attempt)
@@ -164,9 +177,10 @@ class TokenRefresher:
 
         for refresh_token in candidates:
             try:
-                answer = self._store.sso.refresh_answer(
-                    refresh_token, session=session, auth=auth
-                )
+                with run.sso_call():
+                    answer = self._store.sso.refresh_answer(
+                        refresh_token, session=session, auth=auth
+                    )
             except SSOError as exc:
                 attempt.sso, attempt.error = sso_class(exc), exc
                 if not isinstance(exc, SSOGrantError):

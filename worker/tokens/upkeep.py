@@ -6,8 +6,9 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -49,6 +50,15 @@ _SHARE_SQL = "(((t.id %% 65536) * 40503) %% 65536) / 65536.0"
 def spread_share(token_id: int) -> float:
     """How far into the spread window (0..1) token ``token_id`` is due early."""
     return ((token_id % 65536) * 40503 % 65536) / 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """A claimed batch on the refresh threads."""
+
+    tokens: list[Token]
+    futures: list[Future[tuple[Token, str]]]
+    claimed: tuple[dt.datetime, dt.datetime]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,23 +121,34 @@ class TokenUpkeep:
         counts: Counter[str] = Counter(no_refresh_expired=self._expire_unrefreshable())
         self._secrets.encrypt_plaintext(limit=ENCRYPT_BATCH)
 
-        run, done = RefreshRun(), set[int]()
+        # The parallelism bounds the SSO calls in flight; a few more threads
+        # do the database work around them, so the SSO never waits for it.
+        run = RefreshRun(sso_slots=threading.BoundedSemaphore(workers))
+        done = set[int]()
         window = (ahead_s, settings.refresh_spread_s)
-        while not run.stopped:
-            batch, claimed, unreadable = self._claim_due(
-                window, batch_size, lease_s, done
-            )
-            counts["config_error"] += len(unreadable)
-            done.update(unreadable)
-            if not batch and not unreadable:
-                break
-            done.update(token.id for token in batch)
-            log.debug("claimed %d tokens to refresh", len(batch))
-            results = self.refresh_all(
-                batch, workers, sum(window), run.for_batch(*claimed)
-            )
-            counts.update(outcome for _token, outcome in results)
-            self._release(results, *claimed)
+        with ThreadPoolExecutor(
+            max_workers=self._threads(workers), thread_name_prefix="token-refresh"
+        ) as executor:
+            # The next batch is claimed while this one is refreshed, so the
+            # threads never wait for a batch's last refreshes to end.
+            running: _Batch | None = None
+            while not run.stopped:
+                batch, claimed, unreadable = self._claim_due(
+                    window, batch_size, lease_s, done
+                )
+                counts["config_error"] += len(unreadable)
+                done.update(unreadable)
+                done.update(token.id for token in batch)
+                if batch:
+                    log.debug("claimed %d tokens to refresh", len(batch))
+                submitted = self._submit(executor, batch, sum(window), run, claimed)
+                if running is not None:
+                    counts.update(self._finish(running))
+                running = submitted
+                if not batch and not unreadable:
+                    break
+            if running is not None:
+                counts.update(self._finish(running))
 
         summary = RefreshSummary(**counts)
         log.info("token refresh run finished: %s", summary)
@@ -159,6 +180,33 @@ class TokenUpkeep:
                 executor.map(lambda t: self._refresh_quietly(t, ahead_s, run), tokens)
             )
 
+    def _submit(
+        self,
+        executor: ThreadPoolExecutor,
+        batch: list[Token],
+        ahead_s: float,
+        run: RefreshRun,
+        claimed: tuple[dt.datetime, dt.datetime],
+    ) -> _Batch:
+        batch_run = run.for_batch(*claimed)
+        futures = [
+            executor.submit(self._refresh_quietly, token, ahead_s, batch_run)
+            for token in batch
+        ]
+        return _Batch(batch, futures, claimed)
+
+    def _finish(self, batch: _Batch) -> list[str]:
+        """Wait for a batch's refreshes; give back what it left; the outcomes."""
+        results = [future.result() for future in batch.futures]
+        self._release(results, *batch.claimed)
+        return [outcome for _token, outcome in results]
+
+    def _threads(self, workers: int) -> int:
+        """Refresh threads for ``workers`` SSO calls at once: a quarter more,
+        as the database pool allows (each thread holds a connection)."""
+        limit = max(1, getattr(self._store.pool, "max_size", workers + 1) - 1)
+        return max(workers, min(limit, workers + math.ceil(workers / 4)))
+
     def _workers(self, parallelism: int | None) -> int:
         """The refreshes to run at once, within what the database pool allows."""
         workers = parallelism or self._store.settings.refresh_parallelism
@@ -178,14 +226,14 @@ class TokenUpkeep:
         """A batch the run can finish within its lease, and that lease.
 
         The worst case of one refresh is the SSO timeout (plus our own
-        overhead); the lease covers that many rounds of the batch. Large
-        batches keep the refresh threads busy: each batch ends with a
-        drain while its last refreshes finish.
+        overhead); the lease covers that many rounds of two batches, since
+        the next batch is claimed while one is refreshed.
         """
         per_token_s = self._store.settings.sso_timeout_s + REFRESH_OVERHEAD_S
-        most = workers * max(1, int(MAX_LEASE_S // per_token_s))
+        # Two batches are held at once: one refreshing, the next waiting.
+        most = workers * max(1, int(MAX_LEASE_S // per_token_s) // 2)
         batch_size = min(batch_size, most)
-        needed = math.ceil(batch_size / workers) * per_token_s
+        needed = 2 * math.ceil(batch_size / workers) * per_token_s
         return batch_size, min(MAX_LEASE_S, max(CLAIM_LEASE_S, needed))
 
     def _refresh_quietly(
