@@ -179,18 +179,31 @@ class ObservedRun:
         return list(answer.json()["data"]["result"])
 
 
-@pytest.fixture(scope="module")
-def prometheus_binary() -> Path:
-    """Debian's prometheus, installed on demand when this machine allows it."""
-    if not shutil.which("prometheus") and shutil.which("apt-get") and os.geteuid() == 0:
+def _prometheus_tool(name: str) -> Path:
+    """A program of Debian's prometheus package, installed on demand when
+    this machine allows it."""
+    if not shutil.which(name) and shutil.which("apt-get") and os.geteuid() == 0:
         for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq",
                                                     "prometheus"]):
             subprocess.run(step, capture_output=True, timeout=600, check=False)
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("Debian's 'prometheus' package is not installed and could not be "
-                    "installed (run as root: apt-get install -y prometheus)")
-    return Path(binary)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} (Debian's 'prometheus' package) is not installed and "
+                    "could not be installed (run as root: apt-get install -y "
+                    "prometheus)")
+    return Path(found)
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> Path:
+    """Debian's prometheus server."""
+    return _prometheus_tool("prometheus")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    """Debian's promtool."""
+    return _prometheus_tool("promtool")
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +242,8 @@ def observed_run(
                 _stop(proc)
 
 
-def test_promtool_accepts_the_alerting_rules() -> None:
+def test_promtool_accepts_the_alerting_rules(promtool: Path) -> None:
     # given the rules file, when promtool checks it, then it passes
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian package 'prometheus') is not installed")
 
     checked = subprocess.run([promtool, "check", "rules", str(RULES)],
                              capture_output=True, text=True, timeout=60, check=False)
@@ -241,11 +251,10 @@ def test_promtool_accepts_the_alerting_rules() -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_every_alert_fires_in_promtool_unit_tests_of_its_condition() -> None:
+def test_every_alert_fires_in_promtool_unit_tests_of_its_condition(
+    promtool: Path,
+) -> None:
     # given synthetic series for each alert's condition (alerts_test.yml)
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian package 'prometheus') is not installed")
     tested = {
         case["alertname"]
         for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
