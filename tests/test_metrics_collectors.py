@@ -142,3 +142,29 @@ def test_valid_tokens_are_counted_by_when_their_access_token_expires(
     within = {h: samples[("esi_worker_access_tokens_expiring", (("within", h),))]
               for h in ("0", "60", "300", "600")}
     assert within == {"0": 1, "60": 2, "300": 3, "600": 4}
+
+
+def test_tokens_a_client_refusal_blocks_are_counted_as_config_error(
+    runtime: Any, clean_db: Any
+) -> None:
+    # given two refreshable valid tokens, one without a refresh token, and
+    # a record that the SSO refuses our client credentials
+    for character_id in (1, 2):
+        _insert_token(clean_db, character_id)
+    _insert_token(clean_db, 3, refresh=False)
+    with clean_db.connection() as conn:
+        conn.execute(
+            "INSERT INTO esi_sso_client_refusal (client_id, first_refused,"
+            " last_refused, error) VALUES (%s, now(), now(), 'invalid_client')",
+            (runtime.settings.sso_client_id or "",),
+        )
+    registry = CollectorRegistry()
+    register_database_collector(runtime, registry)
+
+    # when scraped
+    samples = _samples(registry)
+
+    # then the refreshable ones count as config_error, as `tokens list`
+    # shows them; the one needing no refresh stays valid
+    assert samples[("esi_worker_tokens", (("state", "config_error"),))] == 2
+    assert samples[("esi_worker_tokens", (("state", "valid"),))] == 1

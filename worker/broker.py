@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 def broker_from_settings(settings: Settings) -> dramatiq.Broker:
     """An in-process broker without a URL; Redis or RabbitMQ by URL scheme.
 
+    On Redis the broker's keys live under ``ESI_WORKER_ESI_REDIS_PREFIX``
+    (``esi-worker:dramatiq:...`` by default), so deployments sharing one
+    Redis keep their queues apart as they keep their caches apart; on
+    RabbitMQ a deployment is kept apart by its virtual host.
+
     :raises ConfigurationError: for a URL scheme no broker speaks.
     """
     url = settings.broker_url
@@ -29,7 +34,11 @@ def broker_from_settings(settings: Settings) -> dramatiq.Broker:
     if scheme in {"redis", "rediss", "unix"}:
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, middleware=middleware)
+        return RedisBroker(
+            url=url,
+            middleware=middleware,
+            namespace=settings.esi_redis_prefix + "dramatiq",
+        )
     if scheme in {"amqp", "amqps"}:
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -20,7 +20,8 @@ def cli(settings, emulator):
     """Run ``esi-worker`` in a process of its own, on the test settings."""
 
     def run(
-        *args: str, keys: str | None = None, sso: bool = True
+        *args: str, keys: str | None = None, sso: bool = True,
+        secret: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER")}
         env.update(
@@ -31,7 +32,7 @@ def cli(settings, emulator):
         if sso:
             env.update(
                 ESI_WORKER_SSO_CLIENT_ID=emulator.client_id,
-                ESI_WORKER_SSO_CLIENT_SECRET=emulator.client_secret,
+                ESI_WORKER_SSO_CLIENT_SECRET=secret or emulator.client_secret,
             )
         if keys is not None:
             env["ESI_WORKER_TOKEN_KEYS"] = keys
@@ -80,6 +81,30 @@ def test_revoke_tells_the_sso_and_marks_the_token(cli, token, runtime, emulator)
     assert "revoked" in cli("tokens", "list", "--all").stdout
     with pytest.raises(SSOGrantError, match="invalid_grant"):
         runtime.tokens.sso.refresh(token.refresh_token)
+
+
+@pytest.mark.parametrize("client_auth", ["ignore", "require"])
+def test_revoke_with_refused_credentials_changes_nothing(
+    cli, token, runtime, emulator, client_auth
+):
+    # given an SSO that answers every revocation with 200 ("ignore", as
+    # documented) or refuses unknown client credentials ("require")
+    emulator.configure(revoke_client_auth=client_auth)
+
+    # when the operator revokes with a wrong client secret
+    result = cli("tokens", "revoke", str(token.id), secret="wrong-secret-1234")
+
+    # then the secret never shows; under "require" the command fails naming
+    # the credentials and the token is untouched, still refreshable
+    assert "wrong-secret-1234" not in result.stdout + result.stderr
+    if client_auth == "require":
+        assert result.returncode == 1
+        assert "invalid_client" in result.stderr or "credentials" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert runtime.tokens.get(token.id).state == "valid"
+        runtime.tokens.sso.refresh(token.refresh_token)
+    else:
+        assert result.returncode == 0, result.stderr
 
 
 def test_show_and_revoke_of_a_missing_token_fail_clearly(cli, runtime):

@@ -63,6 +63,7 @@ _VARIANT_CHOICES = {
     "retry_after_format": ("seconds", "http-date"),
     "past_last_page": ("404", "empty"),
     "unknown_language": ("400", "en"),
+    "revoke_client_auth": ("ignore", "require"),
 }
 _LIMIT_RE = re.compile(r"^(\d+)/(\d+)([smh])$")
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
@@ -152,6 +153,10 @@ class EmulatorConfig:
     bad_compatibility_date: int | None = 400
     # Warning headers on versioned paths: 199 on /vN/, 299 on /legacy/.
     warning_headers: bool = False
+    # The revoke endpoint answers 200 to anything ("ignore", as documented),
+    # or refuses unknown client credentials with 401 invalid_client
+    # ("require", as RFC 7009 allows); the docs do not say which.
+    revoke_client_auth: str = "ignore"
     character_roles: Mapping[str, tuple[str, ...]] = dataclasses.field(
         default_factory=dict
     )

@@ -154,8 +154,20 @@ class SSOService:
         return _changed_answer(fault, self._token(request, craft=fault))
 
     def revoke(self, request: Request) -> Response:
-        """Revoke the grant behind a refresh token; 200 whatever was sent."""
+        """Revoke the grant behind a refresh token; 200 whatever token was
+        sent. Unknown client credentials get 401 only under the
+        ``revoke_client_auth="require"`` switch."""
         form = request.form() or {}
+        if (
+            self._state.switches.revoke_client_auth == "require"
+            and self._client_id(request, form) is None
+        ):
+            return _oauth_error(
+                401,
+                "invalid_client",
+                "Missing or invalid client credentials.",
+                [("WWW-Authenticate", 'Basic realm="login.eveonline.com"')],
+            )
         if form.get("token") and self._state.grants.revoke(form["token"]):
             log.debug("revoked a grant")
         return Response(200, list(_NO_CACHE), b"")

@@ -41,11 +41,11 @@ ACCESS_LIFETIME_S = 1200.0
 STATEMENT_TIMEOUT_MS = 2000
 
 _HORIZON_SQL = (
-    "count(*) FILTER (WHERE state = %(valid)s"
+    "count(*) FILTER (WHERE usable"
     " AND lost_at <= %(now)s + interval '{s} s')"
 )
 _ACCESS_SQL = (
-    "count(*) FILTER (WHERE state = %(valid)s"
+    "count(*) FILTER (WHERE usable"
     " AND access_expires <= %(now)s + interval '{s} s')"
 )
 _TOKENS_SQL = f"""
@@ -53,7 +53,13 @@ SELECT state, count(*),
        {", ".join(_HORIZON_SQL.format(s=s) for s in EXPIRY_HORIZONS_S)},
        {", ".join(_ACCESS_SQL.format(s=s) for s in ACCESS_HORIZONS_S)}
 FROM (
-    SELECT state, access_expires,
+    SELECT CASE WHEN state = %(valid)s AND refresh_token IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM esi_sso_client_refusal
+                                 WHERE client_id = %(client_id)s)
+                THEN %(config_error)s ELSE state
+           END AS state,
+           state = %(valid)s AS usable,
+           access_expires,
            CASE WHEN refresh_token IS NULL THEN access_expires
                 ELSE access_expires + %(idle)s * interval '1 s'
            END AS lost_at
@@ -77,6 +83,10 @@ class DatabaseCollector(Collector):
     shows zero in every horizon. ``esi_worker_access_tokens_expiring``
     counts valid tokens by when their access token expires, which needs no
     such assumption.
+
+    While the SSO refuses our client credentials (``client_id``), valid
+    tokens that depend on a refresh are counted as ``config_error``, as
+    ``esi-worker tokens list`` shows them; the horizons still count them.
     """
 
     def __init__(
@@ -85,8 +95,10 @@ class DatabaseCollector(Collector):
         *,
         clock: Clock = SYSTEM_CLOCK,
         idle_expiry_s: float = REFRESH_IDLE_EXPIRY_S,
+        client_id: str | None = None,
     ) -> None:
         self._pool = pool
+        self._client_id = client_id or ""
         self._clock = clock
         self._idle_s = idle_expiry_s - ACCESS_LIFETIME_S
 
@@ -138,7 +150,13 @@ class DatabaseCollector(Collector):
         )
 
     def _read(self) -> tuple[dict[str, int], list[int], list[int], int]:
-        params = {"valid": "valid", "now": self._clock.now(), "idle": self._idle_s}
+        params = {
+            "valid": "valid",
+            "config_error": "config_error",
+            "client_id": self._client_id,
+            "now": self._clock.now(),
+            "idle": self._idle_s,
+        }
         with self._pool.connection() as conn:
             conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
             rows = conn.execute(_TOKENS_SQL, params).fetchall()
@@ -163,6 +181,7 @@ def register_database_collector(
         runtime.pool,
         clock=runtime.clock,
         idle_expiry_s=runtime.settings.token_idle_expiry_s,
+        client_id=runtime.settings.sso_client_id,
     )
     registry.register(collector)
     return collector
