@@ -331,3 +331,35 @@ def test_a_missing_source_database_names_it(database_url, runtime):
     # then the reason says that database does not exist
     assert 'database "no_such_django_db" does not exist' in str(caught.value)
     assert "hunter2secret" not in str(caught.value)
+
+
+def test_tokens_of_another_application_are_imported_kept_and_named(
+    django_db, emulator, runtime, caplog
+):
+    # given django-esi tokens of the web application, imported by a worker
+    # configured with another one (the native application here)
+    from worker.sso import SSOClient
+    from worker.tokens import TokenStore
+
+    for character_id in (96000011, 96000012):
+        _add_django_token(django_db, emulator, character_id, [ASSETS])
+    native = runtime.settings.model_copy(update={
+        "sso_client_id": emulator.native_client_id, "sso_client_secret": None,
+    })
+    sso = SSOClient(native)
+    store = TokenStore(runtime.pool, sso, native)
+
+    # when they are imported and the due tokens refreshed
+    with caplog.at_level("WARNING", logger="worker.django_import"):
+        summary = import_django_esi(django_db, store)
+    refreshed = store.refresh_due()
+
+    # then both are stored, the warning names the count and both
+    # applications, and no refresh touched them: they are still valid
+    assert summary.inserted == 2
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 imported tokens" in warning
+    assert emulator.client_id in warning and emulator.native_client_id in warning
+    assert refreshed.config_error == 2 and refreshed.dead == 0
+    assert {t.state for t in store.query().including_dead()} == {VALID}
+    sso.close()

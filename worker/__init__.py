@@ -42,6 +42,7 @@ _EXPORTS = {
     # errors
     "WorkerError": "worker.errors",
     "ConfigurationError": "worker.errors",
+    "TokenClientMismatchError": "worker.errors",
     "ScopeError": "worker.errors",
     "DatabaseUnavailableError": "worker.errors",
     "TokenError": "worker.errors",
@@ -111,6 +112,7 @@ __all__ = [
     "Settings",
     "SpecError",
     "Token",
+    "TokenClientMismatchError",
     "TokenError",
     "TokenExpiredError",
     "TokenInvalidError",
@@ -174,6 +176,7 @@ if TYPE_CHECKING:
         SSOGrantError,
         SSOIncompleteResponseError,
         SSOTransientError,
+        TokenClientMismatchError,
         TokenError,
         TokenExpiredError,
         TokenInvalidError,

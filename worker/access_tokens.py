@@ -146,6 +146,27 @@ def verify_access_token(
     return _claims_from(claims, clock, allow_expired=allow_expired)
 
 
+def issued_to(token: str) -> str | None:
+    """The client id an access token says it was issued to (``azp``), read
+    without verifying it; None for a token that is not a readable JWT (an
+    SSO v1 token) or names no client.
+
+    Only a guard against using a token with the wrong application: never
+    trust the answer for anything else.
+    """
+    if not isinstance(token, str) or token.count(".") != 2:
+        return None
+    segment = token.split(".")[1]
+    try:
+        claims = json.loads(
+            base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        )
+    except (ValueError, binascii.Error):
+        return None
+    azp = claims.get("azp") if isinstance(claims, dict) else None
+    return azp if isinstance(azp, str) and azp else None
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
     """The JWT's header, read without its payload or signature.
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from .access_tokens import issued_to
 from .db import describe_database, scrub_error
 from .errors import (
     ConfigurationError,
@@ -102,7 +103,29 @@ def import_django_esi(url: str, store: TokenStore) -> ImportSummary:
             counts[action] += 1
     summary = ImportSummary(**counts)
     log.info("django-esi import finished: %s", summary)
+    _warn_of_other_applications(grants, store.settings.sso_client_id)
     return summary
+
+
+def _warn_of_other_applications(
+    grants: list[tuple[str, GrantFields, str | None]], ours: str | None
+) -> None:
+    """Say which imported tokens another SSO application was issued: they
+    are not refreshed until ESI_WORKER_SSO_CLIENT_ID names that application."""
+    others = Counter(
+        client
+        for _source, fields, _user in grants
+        if (client := issued_to(fields.access_token)) is not None and client != ours
+    )
+    for client, count in sorted(others.items()):
+        log.warning(
+            "%d imported tokens were issued to SSO application %r, not to the "
+            "configured ESI_WORKER_SSO_CLIENT_ID %r: they are kept but not "
+            "refreshed until the worker runs with that application",
+            count,
+            client,
+            ours,
+        )
 
 
 def _read_source(url: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@
 
     WorkerError
     ├── ConfigurationError (ValueError)     a setting is missing or invalid
+    │   └── TokenClientMismatchError        a token of another SSO application
     ├── ScopeError (ValueError)             a malformed scope argument
     ├── DatabaseUnavailableError (ConnectionError)  PostgreSQL unreachable
     ├── TokenError                          (django-esi name)
@@ -59,6 +60,19 @@ class WorkerError(Exception):
 
 class ConfigurationError(WorkerError, ValueError):
     """A setting is missing or has an invalid value."""
+
+
+class TokenClientMismatchError(ConfigurationError):
+    """The token was issued to another SSO application than the configured one.
+
+    Refreshing it with our credentials would be answered ``invalid_grant``
+    and look like a dead grant, so the refresh is not attempted.
+    """
+
+    def __init__(self, message: str, *, token_id: int, issued_to: str) -> None:
+        super().__init__(message)
+        self.token_id = token_id
+        self.issued_to = issued_to
 
 
 class ScopeError(WorkerError, ValueError):

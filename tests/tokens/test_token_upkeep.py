@@ -399,3 +399,37 @@ def test_without_sso_settings_a_refresh_run_stops_before_it_writes_anything(
     assert emulator.stats()["sso_token_requests"] == 0
     bare.close()
     sso.close()
+
+
+def test_a_token_of_another_application_is_never_refreshed_with_ours(
+    emulator, settings, clean_db, clock
+):
+    # given a token the web application was issued, and a store configured
+    # with the native application (an operator changed the client id, or
+    # imported django-esi tokens of another application)
+    web_store = TokenStore(clean_db, SSOClient(settings, clock=clock), settings,
+                           clock=clock)
+    token = _grant_token(emulator, web_store, 90000001)
+    native = settings.model_copy(update={
+        "sso_client_id": emulator.native_client_id, "sso_client_secret": None,
+    })
+    store = TokenStore(clean_db, SSOClient(native, clock=clock), native, clock=clock)
+    asked_before = emulator.stats()["sso_token_requests"]
+
+    # when due tokens are refreshed, and the token's access token is asked for
+    summary = store.refresh_due()
+    with pytest.raises(TokenExpiredError) as raised:
+        store.get(token.id).valid_access_token()
+
+    # then the SSO is never asked, the grant is still alive and the token
+    # still valid; the errors name both applications and no secret
+    assert summary.config_error == 1 and summary.success == 0
+    assert emulator.stats()["sso_token_requests"] == asked_before
+    assert isinstance(raised.value, ConfigurationError)
+    text = str(raised.value)
+    assert emulator.client_id in text and emulator.native_client_id in text
+    assert token.refresh_token not in text
+    assert stored(store, token).state == "valid"
+    assert web_store.refresh_due().success == 1
+    store.close()
+    web_store.close()

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import metrics
+from ..access_tokens import issued_to
 from ..errors import (
     ConfigurationError,
     JWTValidationError,
@@ -22,6 +23,7 @@ from ..errors import (
     SSOError,
     SSOGrantError,
     SSOTransientError,
+    TokenClientMismatchError,
     TokenInvalidError,
 )
 from ..sso import sso_class
@@ -87,7 +89,7 @@ class TokenRefresher:
         except (TokenInvalidError, NotRefreshableTokenError) as exc:
             attempt.outcome = getattr(exc, "outcome", "dead")
             raise
-        except SSOConfigurationError:
+        except (SSOConfigurationError, TokenClientMismatchError):
             attempt.outcome = "config_error"
             raise
         finally:
@@ -136,6 +138,7 @@ class TokenRefresher:
                     journal.clear(conn, current.id)
                 return
 
+            self._check_client(current)
             attempt.started = run.claimed_at or self._store.clock.now()
             if run.claimed_at is None:
                 journal.started(current.id, attempt.started)
@@ -150,6 +153,30 @@ class TokenRefresher:
             self._store_outcome(conn, current, earlier, answer, attempt)
             self._settle_journal(conn, current, earlier, attempt)
         self._raise_for(current, attempt)
+
+    def _check_client(self, current: Token) -> None:
+        """Refuse to refresh a token another SSO application was issued.
+
+        The SSO binds a refresh token to its application: refreshed with
+        ours it answers ``invalid_grant``, which would mark a live grant
+        revoked (a django-esi import under a different application, or a
+        changed ESI_WORKER_SSO_CLIENT_ID).
+
+        :raises TokenClientMismatchError: naming both applications.
+        """
+        ours = self._store.settings.sso_client_id
+        theirs = issued_to(current.access_token) if ours else None
+        if theirs is None or theirs == ours:
+            return
+        raise TokenClientMismatchError(
+            f"token {current.id} of character {current.character_id} was issued "
+            f"to SSO application {theirs!r}, not to the configured "
+            f"ESI_WORKER_SSO_CLIENT_ID {ours!r}; it is left untouched, since "
+            "refreshing it with another application would end its grant. "
+            "Configure the application that issued it.",
+            token_id=current.id,
+            issued_to=theirs,
+        )
 
     def _ask_sso(
         self,

@@ -16,6 +16,7 @@ from ..errors import (
     NotRefreshableTokenError,
     SSOConfigurationError,
     SSOError,
+    TokenClientMismatchError,
     TokenInvalidError,
 )
 from .bulk import NOT_ATTEMPTED, RefreshRun
@@ -250,6 +251,9 @@ class TokenUpkeep:
             return token, "config_error"
         except SSOError:
             return token, "transient"
+        except TokenClientMismatchError as exc:
+            log.error("%s", exc, extra={"token_id": token.id})
+            return token, "config_error"
         except ConfigurationError as exc:
             # A secret no configured key opens: an operator's fix, not ours.
             log.error(
