@@ -66,7 +66,8 @@ def demo_process(database_url: str, clean_db: Any, tmp_path: Path) -> Iterator[d
         ),
     }
     command = [sys.executable, "-m", "worker", "run", "--emulator",
-               "--emulator-port", str(ports["emulator"]), "--duration", "240"]
+               "--emulator-port", str(ports["emulator"]), "--use-configured-services",
+               "--duration", "240"]
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -303,3 +304,28 @@ def test_run_without_a_contact_address_says_what_to_configure(tmp_path: Path) ->
     assert "Traceback" not in result.stderr
     assert "not-shown-anywhere" not in result.stderr
     assert not (tmp_path / "postgres").exists()
+
+
+def test_run_emulator_keeps_demo_tokens_out_of_the_configured_database(
+    database_url: str, clean_db: Any, tmp_path: Path
+) -> None:
+    # given an operator's database URL in the environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESI_WORKER_")}
+    env.update(
+        ESI_WORKER_DATABASE_URL=database_url,
+        ESI_WORKER_DATA_DIR=str(tmp_path / "data"),
+        ESI_WORKER_METRICS_PORT="0",
+    )
+
+    # when the demo runs without --use-configured-services
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--emulator", "--duration", "3"],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+
+    # then it says it ignores the URL, and its tokens went to its own database
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the demo ignores ESI_WORKER_DATABASE_URL" in result.stderr
+    assert "demo tokens: 3 seeded" in result.stderr
+    assert (tmp_path / "data" / "demo" / "postgres" / "PG_VERSION").exists()
+    assert _count(database_url, "esi_token") == 0

@@ -620,7 +620,7 @@ def _start_workload(
     with open(tmp / "worker.log", "wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--emulator", "--emulator-port",
-             str(emulator_port), "--duration", "900"],
+             str(emulator_port), "--use-configured-services", "--duration", "900"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
 

@@ -105,3 +105,67 @@ def test_job_intervals_must_be_finite_seconds_of_at_least_one(every: float) -> N
 def test_an_unknown_log_level_is_refused_with_the_choices() -> None:
     with pytest.raises(ConfigurationError, match="ESI_WORKER_LOG_LEVEL.*DEBUG"):
         Settings.from_env(log_level="chatty")
+
+
+@pytest.mark.parametrize("name", ["ESI_WORKER_TYPE_IDS", "ESI_WORKER_MARKET_REGIONS"])
+def test_ids_must_be_positive(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # given an id list holding a negative id
+    monkeypatch.setenv(name, "[-5, 34]")
+
+    # when the settings are read
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env()
+
+    # then the setting and the bad id are named
+    assert name in str(caught.value) and "[-5]" in str(caught.value)
+
+
+def test_a_bad_downtime_is_explained_in_a_human_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a downtime without minutes
+    monkeypatch.setenv("ESI_WORKER_ESI_DOWNTIME_UTC", "11-12")
+
+    # when the settings are read
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env()
+
+    # then the message shows the format to write, not a regular expression
+    text = str(caught.value)
+    assert "ESI_WORKER_ESI_DOWNTIME_UTC" in text and "HH:MM-HH:MM" in text
+    assert "^" not in text and "\\d" not in text and "Value error" not in text
+
+
+def test_a_downtime_in_the_human_format_and_an_empty_one_are_accepted() -> None:
+    assert Settings.from_env(esi_downtime_utc="23:50-00:10").esi_downtime_utc
+    assert Settings.from_env(esi_downtime_utc="").esi_downtime_utc == ""
+
+
+def test_unknown_variables_are_named_with_the_closest_setting() -> None:
+    # given the environment of an operator with two typos and a stranger
+    environ = {
+        "ESI_WORKER_DATABSE_URL": "postgresql://u:secret@db/esi",
+        "esi_worker_type_id": "[34]",
+        "ESI_WORKER_NOTHING_LIKE_IT": "1",
+        "ESI_WORKER_METRICS_PORT": "9108",
+        "PATH": "/usr/bin",
+    }
+
+    # when the unknown names are looked for
+    unknown = Settings.unknown_env_names(environ)
+
+    # then each unknown one is named, with a guess only when one is close
+    assert unknown == {
+        "ESI_WORKER_DATABSE_URL": "ESI_WORKER_DATABASE_URL",
+        "ESI_WORKER_NOTHING_LIKE_IT": None,
+        "esi_worker_type_id": "ESI_WORKER_TYPE_IDS",
+    }
+
+
+def test_an_sso_client_id_alone_is_an_application() -> None:
+    # given a native application: a client id, and a secret left empty
+    settings = Settings.from_env(sso_client_id="native-app", sso_client_secret="  ")
+
+    # then it counts as configured, with no secret
+    assert settings.has_sso_credentials
+    assert settings.sso_client_secret is None

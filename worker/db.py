@@ -102,10 +102,16 @@ def create_pool(
 
 
 def migrate(url: str, revision: str = "head") -> None:
-    """Upgrade the schema of the database at ``url`` to ``revision``."""
+    """Upgrade the schema of the database at ``url`` to ``revision``.
+
+    :raises DatabaseUnavailableError: the server cannot be reached.
+    """
     from alembic import command
 
-    log.info("migrating %s to %s", describe_database(url), revision)
+    target = describe_database(url)
+    # Alembic would fail on a bad address with SQLAlchemy's traceback.
+    _probe(url, target, DEFAULT_CONNECT_TIMEOUT_S)
+    log.info("migrating %s to %s", target, revision)
     command.upgrade(_alembic_config(url), revision)
 
 
@@ -154,7 +160,9 @@ def downgrade(url: str, revision: str = "base") -> None:
     """Downgrade the schema of the database at ``url`` to ``revision``."""
     from alembic import command
 
-    log.info("downgrading %s to %s", describe_database(url), revision)
+    target = describe_database(url)
+    _probe(url, target, DEFAULT_CONNECT_TIMEOUT_S)
+    log.info("downgrading %s to %s", target, revision)
     command.downgrade(_alembic_config(url), revision)
 
 

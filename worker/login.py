@@ -29,6 +29,7 @@ from .errors import ConfigurationError, SSOGrantError, WorkerError
 from .scopes import normalize_scopes
 from .tokens import GrantFields
 from .tokens.grants import grant_fields
+from .wording import counted
 
 if TYPE_CHECKING:
     from .sso import TokenGrant
@@ -77,7 +78,7 @@ def begin_login(
                 user,
             ),
         )
-    log.info("login started for %d scopes", len(names))
+    log.info("login started for %s", counted(len(names), "scope"))
     return request.url, request.state
 
 
@@ -314,8 +315,8 @@ def _scope_mismatch(
     parts = [f"missing {' '.join(missing)}"] if missing else []
     parts += [f"not asked for {' '.join(unasked)}"] if unasked else []
     return SSOGrantError(
-        f"the login asked for {len(requested)} scopes but the SSO's grant "
-        f"holds {len(granted)} ({'; '.join(parts)}): the callback's code "
+        f"the login asked for {counted(len(requested), 'scope')} but the "
+        f"SSO's grant holds {len(granted)} ({'; '.join(parts)}): the callback's code "
         "belongs to another login. Nothing was stored; start the login again",
         error="scope_mismatch",
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Literal
 
 import dramatiq
 
@@ -15,12 +17,21 @@ from .db import ensure_schema, migrate, resolve_database_url
 from .errors import ConfigurationError
 from .jobs import Job, JobRegistry
 from .metrics import start_metrics_server
+from .ports import check_bindable
 from .runtime import Runtime
 from .scheduler import JobScheduler
 from .settings import Settings
 from .signals import stop_on_signals
 
+if TYPE_CHECKING:
+    from .emulator import Emulator
+
 log = logging.getLogger(__name__)
+
+# Settings of an operator's shared services, which the demo keeps out of.
+_DEMO_IGNORES = ("database_url", "broker_url", "redis_url")
+# Where demo.start_emulator serves.
+_EMULATOR_HOST = "127.0.0.1"
 
 
 def run(
@@ -29,17 +40,22 @@ def run(
     emulator: bool = False,
     emulator_port: int = 0,
     duration_s: float | None = None,
+    demo_services: Literal["own", "configured"] = "own",
 ) -> None:
     """Scheduler and workers in one process, until a signal or ``duration_s``.
 
-    :raises ConfigurationError: without SSO credentials and without ``emulator``.
+    :param demo_services: with ``emulator``, whether the demo keeps its
+        data to itself (an embedded PostgreSQL in the demo folder, broker
+        and cache in the process) or uses the configured ones (tests).
+    :raises ConfigurationError: without SSO credentials and without
+        ``emulator``; or a port to serve on is taken.
     """
     with ExitStack() as stack:
+        if not emulator:
+            require_sso_credentials(settings)  # before anything starts
+        check_metrics_port(settings)
         if emulator:
-            emu = demo.start_emulator(emulator_port)
-            stack.callback(emu.stop)
-            settings = demo.demo_settings(settings, emu)
-        require_sso_credentials(settings)
+            settings, emu = _start_demo(stack, settings, emulator_port, demo_services)
 
         runtime = stack.enter_context(open_runtime(settings, migrate_schema=True))
         if emulator:
@@ -64,6 +80,8 @@ def run_worker(settings: Settings, processes: int = 1, *, serve: bool = True) ->
     :param serve: serve ``/metrics`` from this process (off in launched ones).
     """
     require_shared_services(settings, "worker")
+    if serve:
+        check_metrics_port(settings)
     if processes > 1:
         from .launcher import launch_workers
 
@@ -86,6 +104,7 @@ def run_worker(settings: Settings, processes: int = 1, *, serve: bool = True) ->
 def run_scheduler(settings: Settings) -> None:
     """The scheduler process of a multi-process deployment (Procfile ``scheduler``)."""
     require_shared_services(settings, "scheduler")
+    check_metrics_port(settings)
     with open_runtime(settings) as runtime:
         serve_metrics(settings)
         jobs, registry = load_jobs(settings)
@@ -97,16 +116,83 @@ def run_scheduler(settings: Settings) -> None:
 def require_sso_credentials(settings: Settings) -> None:
     """Refuse to start without SSO credentials; never fall back to a fake.
 
-    :raises ConfigurationError: no SSO application or no contact address.
+    A client id is enough: a native application (PKCE) has no secret, and
+    a web application missing its secret hears so from the SSO.
+
+    :raises ConfigurationError: no SSO application or no contact address,
+        naming each setting that is missing.
     """
     if not settings.has_sso_credentials:
+        contact = (
+            ""
+            if settings.contact_email.strip()
+            else ", and ESI_WORKER_CONTACT_EMAIL for the User-Agent ESI asks for"
+        )
         raise ConfigurationError(
-            "no SSO application configured: set ESI_WORKER_SSO_CLIENT_ID and "
-            "ESI_WORKER_SSO_CLIENT_SECRET (from developers.eveonline.com), and "
-            "ESI_WORKER_CONTACT_EMAIL for the User-Agent; or try the worker "
-            "against the bundled emulator with 'esi-worker run --emulator'"
+            "no SSO application configured: set ESI_WORKER_SSO_CLIENT_ID (from "
+            "developers.eveonline.com; a web application also sets "
+            f"ESI_WORKER_SSO_CLIENT_SECRET, a native one has none){contact}; or "
+            "try the worker against the bundled emulator with "
+            "'esi-worker run --emulator'"
         )
     require_contact(settings)
+
+
+def check_metrics_port(settings: Settings) -> None:
+    """Fail before anything starts when ``/metrics`` cannot be served.
+
+    :raises ConfigurationError: the port is taken, or the host is not an
+        address of this machine.
+    """
+    if not settings.metrics_port:
+        return
+    check_bindable(
+        settings.metrics_host,
+        settings.metrics_port,
+        what="metrics",
+        port_hint="give each process its own ESI_WORKER_METRICS_PORT "
+        "(0 turns the endpoint off)",
+        host_option="ESI_WORKER_METRICS_HOST",
+    )
+
+
+def check_emulator_port(port: int) -> None:
+    """Fail before anything starts when the demo's emulator cannot listen.
+
+    :raises ConfigurationError: naming ``--emulator-port``.
+    """
+    check_bindable(
+        _EMULATOR_HOST,
+        port,
+        what="the emulator",
+        port_hint="choose another --emulator-port (0: any free one)",
+        family=socket.AF_INET,  # the emulator's server is IPv4 only
+    )
+
+
+def own_demo_services(settings: Settings) -> Settings:
+    """``settings`` without the operator's database, broker and Redis.
+
+    The demo writes demo tokens and their data; in an operator's database
+    a later real run would try to refresh those tokens, and on a shared
+    broker real workers would take the demo's messages. Without a
+    database URL the demo keeps an embedded PostgreSQL in its own folder.
+    """
+    ignored = [
+        f"ESI_WORKER_{name.upper()}"
+        for name in _DEMO_IGNORES
+        if getattr(settings, name)
+    ]
+    if not ignored:
+        return settings
+    log.warning(
+        "the demo ignores %s: its demo tokens and data go to an embedded "
+        "PostgreSQL in %s, its broker and cache stay in this process",
+        " and ".join(ignored),
+        settings.data_dir / "demo",
+        extra={"ignored": ignored},
+    )
+    return settings.replace(**dict.fromkeys(_DEMO_IGNORES))
 
 
 def require_contact(settings: Settings) -> None:
@@ -227,3 +313,17 @@ def running_scheduler(
 def wait_for_stop(duration_s: float | None) -> None:
     """Block until SIGINT/SIGTERM, or until ``duration_s`` has passed."""
     stop_on_signals().wait(duration_s)
+
+
+def _start_demo(
+    stack: ExitStack, settings: Settings, port: int, services: str
+) -> tuple[Settings, Emulator]:
+    """The demo's emulator, stopped with ``stack``, and settings pointed at it."""
+    if services == "own":
+        settings = own_demo_services(settings)
+    check_emulator_port(port)
+    emu = demo.start_emulator(port)
+    stack.callback(emu.stop)
+    settings = demo.demo_settings(settings, emu)
+    require_sso_credentials(settings)
+    return settings, emu

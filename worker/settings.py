@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ PRODUCTION_SSO_URL = "https://login.eveonline.com"
 PRODUCTION_ESI_URL = "https://esi.evetech.net"
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DOWNTIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$")
 OLDEST_COMPATIBILITY_DATE = dt.date(2020, 1, 1)
 """The oldest date ESI's ``/meta/compatibility-dates`` lists (ESI.md 3.1b)."""
 ESI_DAY_STARTS_UTC = dt.timedelta(hours=11)
@@ -129,10 +132,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # -- jobs and scheduling --
     # ESI's daily downtime (HH:MM-HH:MM, UTC; empty: none): runs are deferred.
-    esi_downtime_utc: str = Field(
-        default="11:00-11:15",
-        pattern=r"^(|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$",
-    )
+    esi_downtime_utc: str = "11:00-11:15"
     scheduler_tick_s: float = Field(default=5.0, gt=0)
     scheduler_lock_key: int = 0x45534957  # "ESIW": the advisory lock of the leader
     job_requeue_after_s: float = Field(default=900.0, gt=0)
@@ -184,6 +184,32 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("market_regions", "type_ids")
+    @classmethod
+    def _positive_ids(cls, value: list[int]) -> list[int]:
+        bad = [number for number in value if number < 1]
+        if bad:
+            raise ValueError(f"ids are positive whole numbers, got {bad}")
+        return value
+
+    @field_validator("esi_downtime_utc")
+    @classmethod
+    def _check_downtime(cls, value: str) -> str:
+        if value and not _DOWNTIME_RE.match(value):
+            raise ValueError(
+                "expected HH:MM-HH:MM in UTC (24-hour clock, e.g. 11:00-11:15), "
+                f"or empty for none; got {value!r}"
+            )
+        return value
+
+    @field_validator("sso_client_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_none(cls, value: Any) -> Any:
+        # An exported but empty variable means no secret: a native app.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -223,9 +249,30 @@ class Settings(BaseSettings):
             raise ValueError(f"expected an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
+    @classmethod
+    def unknown_env_names(
+        cls, environ: Mapping[str, str] | None = None
+    ) -> dict[str, str | None]:
+        """``ESI_WORKER_*`` variables naming no setting, each with the
+        closest setting's name when one is close (a typo, most likely).
+
+        :param environ: the variables to look at (default: the process's).
+        """
+        known = [name.upper() for name in cls.model_fields]
+        found = os.environ if environ is None else environ
+        unknown = sorted(
+            name
+            for name in found
+            if name.upper().startswith(ENV_PREFIX)
+            and name.upper().removeprefix(ENV_PREFIX) not in known
+        )
+        return {name: _closest(name, known) for name in unknown}
+
     @property
     def has_sso_credentials(self) -> bool:
-        return bool(self.sso_client_id and self.sso_client_secret)
+        """An SSO application is configured: its client id (a native
+        application has no secret; a web one also sets it)."""
+        return bool(self.sso_client_id)
 
     @property
     def user_agent(self) -> str:
@@ -245,6 +292,13 @@ class Settings(BaseSettings):
             if name in {"database_url", "broker_url", "redis_url"} and value:
                 value = _hide_password(str(value))
             yield name, value
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The setting ``name`` most likely misspells, if any is close."""
+    bare = name.upper().removeprefix(ENV_PREFIX)
+    found = difflib.get_close_matches(bare, known, n=1, cutoff=0.8)
+    return f"{ENV_PREFIX}{found[0]}" if found else None
 
 
 def _hide_password(url: str) -> str:
@@ -271,5 +325,7 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "settings"
-        parts.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        # A validator's message reads better without pydantic's label.
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{ENV_PREFIX}{field.upper()}: {message}")
     return "invalid settings: " + "; ".join(parts)

@@ -126,7 +126,7 @@ def test_reencrypt_moves_every_secret_to_a_new_first_key(cli, token, settings):
     result = cli("tokens", "reencrypt", keys=f"{new},{old}")
 
     # then the token now reads with the new key alone
-    assert result.returncode == 0 and "1 tokens" in result.stdout
+    assert result.returncode == 0 and "1 token," in result.stdout
     shown = cli("tokens", "show", str(token.id), keys=new)
     assert shown.returncode == 0, shown.stderr
     without = cli("tokens", "show", str(token.id), keys=old)
@@ -209,7 +209,8 @@ def test_reencrypt_reports_every_table_it_covers(cli, token, settings, runtime):
 
     # then the output counts the token and the pending login
     assert result.returncode == 0, result.stderr
-    assert "1 tokens" in result.stdout and "1 pending logins" in result.stdout
+    assert "1 token," in result.stdout
+    assert result.stdout.rstrip().endswith("and 1 pending login")
 
 
 def _rows(pool, table: str) -> int:
@@ -302,3 +303,65 @@ def test_import_django_esi_names_a_bad_source_in_one_line(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "hunter2secret" not in result.stdout + result.stderr
+
+
+def test_list_with_a_wrong_key_prints_the_error_and_no_half_table(cli, token):
+    # given a key that did not encrypt the stored token
+    wrong = cli("tokens", "new-key").stdout.strip()
+
+    # when the tokens are listed with it
+    result = cli("tokens", "list", keys=wrong)
+
+    # then only the error is printed: no header, no row
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "ESI_WORKER_TOKEN_KEYS" in errors[0], result.stderr
+
+
+def test_show_of_a_revoked_token_says_it_is_not_refreshable(cli, token):
+    # given a token the operator revoked; it keeps its refresh token
+    assert cli("tokens", "revoke", str(token.id)).returncode == 0
+
+    # when it is shown
+    shown = cli("tokens", "show", str(token.id)).stdout
+
+    # then it is revoked and, so, not refreshable
+    assert "revoked (" in shown
+    assert "refreshable:          no (the token is revoked)" in shown
+
+
+def test_a_token_with_one_scope_counts_it_in_the_singular(cli, token):
+    # when the token holding one scope is listed
+    listed = cli("tokens", "list").stdout
+
+    # then its row says "1 scope"
+    row = next(line for line in listed.splitlines() if line.split()[0] == str(token.id))
+    assert row.rstrip().endswith("  1 scope")
+
+
+def test_refresh_exits_1_when_the_sso_refuses_the_client_credentials(
+    cli, token, emulator
+):
+    # given an SSO that refuses the client credentials
+    emulator.configure(sso_faults=[{"kind": "invalid_client"}])
+
+    # when the due tokens are refreshed
+    result = cli("tokens", "refresh")
+
+    # then the counts are printed, and one error line says what to fix
+    assert result.returncode == 1
+    assert "config_error=1" in result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.stderr
+    assert "invalid_client" in errors[0]
+    assert "ESI_WORKER_SSO_CLIENT_SECRET" in errors[0]
+
+
+def test_refresh_help_says_what_the_exit_codes_mean(cli):
+    # when refresh's help is read
+    help_text = " ".join(cli("tokens", "refresh", "--help").stdout.split())
+
+    # then it names each exit code
+    assert "Exits 0 when" in help_text and "1 when" in help_text
+    assert "2 on a usage error" in help_text

@@ -7,6 +7,8 @@ attached at the bottom of this one.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +20,8 @@ from ..logs import configure_logging
 from ..settings import LOG_LEVELS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
 
 
 def friendly_errors(func: F) -> F:
@@ -37,6 +41,19 @@ def settings_of(ctx: click.Context) -> Settings:
     return ctx.obj["settings"]  # type: ignore[no-any-return]
 
 
+PORT = click.IntRange(0, 65535)
+"""A TCP port option; 0 lets the system pick a free one."""
+
+
+def _seconds(
+    _ctx: click.Context, _param: click.Parameter, value: float | None
+) -> float | None:
+    # FloatRange lets nan through, and an infinite wait overflows.
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"must be a number of seconds, 0 or more; got {value}")
+    return value
+
+
 @click.group()
 @click.version_option(__version__, prog_name="esi-worker")
 @click.option(
@@ -53,6 +70,7 @@ def main(ctx: click.Context, log_level: str | None) -> None:
     except WorkerError as exc:
         raise click.ClickException(str(exc)) from exc
     configure_logging(log_level or settings.log_level)
+    _warn_unknown_settings()
     ctx.obj = {"settings": settings}
 
 
@@ -72,31 +90,51 @@ def migrate(ctx: click.Context) -> None:
 @click.option(
     "--emulator",
     is_flag=True,
-    help="Run against the bundled ESI + SSO emulator, with demo tokens.",
+    help="Run against the bundled ESI + SSO emulator, with demo tokens, on "
+    "an embedded PostgreSQL of its own in the demo folder of the data "
+    "folder; ESI_WORKER_DATABASE_URL, ESI_WORKER_BROKER_URL and "
+    "ESI_WORKER_REDIS_URL are ignored.",
 )
 @click.option(
     "--emulator-port",
-    type=int,
+    type=PORT,
     default=0,
     show_default=True,
     help="Port of the emulator (0: any free one).",
 )
 @click.option(
-    "--duration", type=float, default=None, help="Stop after this many seconds."
+    "--use-configured-services",
+    is_flag=True,
+    help="With --emulator: use the configured database, broker and Redis "
+    "after all (for tests; the demo tokens and data are written there).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    callback=_seconds,
+    help="Stop after this many seconds (default: at Ctrl-C or SIGTERM).",
 )
 @click.pass_context
 @friendly_errors
 def run(
-    ctx: click.Context, emulator: bool, emulator_port: int, duration: float | None
+    ctx: click.Context,
+    emulator: bool,
+    emulator_port: int,
+    use_configured_services: bool,
+    duration: float | None,
 ) -> None:
     """Run scheduler and workers in this one process."""
     from ..runner import run as run_all
 
+    if use_configured_services and not emulator:
+        raise click.UsageError("--use-configured-services goes with --emulator")
     run_all(
         settings_of(ctx),
         emulator=emulator,
         emulator_port=emulator_port,
         duration_s=duration,
+        demo_services="configured" if use_configured_services else "own",
     )
 
 
@@ -129,13 +167,38 @@ def scheduler(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8090, show_default=True)
+@click.option(
+    "--port", type=PORT, default=8090, show_default=True, help="0: any free one."
+)
 @friendly_errors
 def emulator(host: str, port: int) -> None:
     """Serve the ESI + SSO emulator (for tests and plugin authors)."""
-    from ..emulator import EmulatorConfig, serve
+    import socket
 
+    from ..emulator import EmulatorConfig, serve
+    from ..ports import check_bindable
+
+    check_bindable(
+        host,
+        port,
+        what="the emulator",
+        port_hint="choose another --port (0: any free one)",
+        host_option="--host",
+        family=socket.AF_INET,  # the emulator's server is IPv4 only
+    )
     serve(host, port, EmulatorConfig())
+
+
+def _warn_unknown_settings() -> None:
+    for name, guess in Settings.unknown_env_names().items():
+        hint = f" (did you mean {guess}?)" if guess else ""
+        # The name only: the value may be a password.
+        log.warning(
+            "%s is not an esi-worker setting and is ignored%s",
+            name,
+            hint,
+            extra={"setting": name},
+        )
 
 
 def _attach_command_families() -> None:

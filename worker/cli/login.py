@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..errors import WorkerError
-from . import friendly_errors, settings_of
+from ..wording import counted
+from . import PORT, friendly_errors, settings_of
 
 
 @click.command()
@@ -17,7 +18,7 @@ from . import friendly_errors, settings_of
 @click.option("--user", default=None, help="The user id the token belongs to.")
 @click.option(
     "--port",
-    type=int,
+    type=PORT,
     default=None,
     help="Callback port on 127.0.0.1 (default: the one of "
     "ESI_WORKER_SSO_CALLBACK_URL; 0 picks a free one).",
@@ -65,5 +66,5 @@ def login(
             ) from exc
         click.echo(
             f"stored token {token.id} of character {token.character_id} "
-            f"({token.character_name}) with {len(token.scopes)} scopes"
+            f"({token.character_name}) with {counted(len(token.scopes), 'scope')}"
         )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..wording import counted
 from . import friendly_errors, settings_of
 
 if TYPE_CHECKING:
@@ -50,13 +51,16 @@ def tokens_list(ctx: click.Context, show_all: bool) -> None:
         query = runtime.tokens.query()
         if show_all:
             query = query.including_dead()
+        # Read (and decrypted) in full first: a token that fails to decrypt
+        # stops the command before half a table is printed.
+        found = list(query.order_by("character_id"))
         click.echo(_LIST_HEADER)
-        for token in query.order_by("character_id"):
+        for token in found:
             click.echo(
                 f"{token.id:>6}  {token.character_id:>12}  {token.character_name:<28} "
                 f"{_status(token, refusal):<18} "
                 f"expires {token.expires:%Y-%m-%d %H:%M:%S}Z  "
-                f"{len(token.scopes)} scopes"
+                f"{counted(len(token.scopes), 'scope')}"
             )
 
 
@@ -83,7 +87,7 @@ def tokens_show(ctx: click.Context, token_id: int) -> None:
             ("state reason", token.state_reason or "-"),
             ("state changed", token.state_changed or "-"),
             ("access expires", token.access_expires),
-            ("refreshable", "yes" if token.refresh_token else "no"),
+            ("refreshable", _refreshable(token, refusal)),
             ("refresh failures", token.refresh_failures),
             ("last refresh error", token.last_refresh_error or "-"),
             ("next refresh attempt", token.next_refresh_attempt or "-"),
@@ -117,14 +121,30 @@ def tokens_revoke(ctx: click.Context, token_id: int, reason: str) -> None:
 @click.pass_context
 @friendly_errors
 def tokens_refresh(ctx: click.Context) -> None:
-    """Refresh every token due for refresh, now."""
+    """Refresh every token due for refresh, now, and count the outcomes.
+
+    Exits 0 when the run went through, even if some tokens could not be
+    renewed (the counts say which: dead, transient, ...); 1 when it could
+    not run, or when the SSO refused the client credentials (config_error:
+    no token can be refreshed until the settings are fixed); 2 on a usage
+    error.
+    """
     from ..runner import open_runtime
     from ..sso import require_sso_application
 
     # Before the database is opened: nothing is claimed or written.
     require_sso_application(settings_of(ctx))
     with open_runtime(settings_of(ctx)) as runtime:
-        click.echo(str(runtime.tokens.refresh_due()))
+        summary = runtime.tokens.refresh_due()
+        click.echo(str(summary))
+        if summary.config_error:
+            refusal = runtime.tokens.client_refusal()
+            raise click.ClickException(
+                str(refusal)
+                if refusal is not None
+                else "the SSO refused the client credentials: check "
+                "ESI_WORKER_SSO_CLIENT_ID and ESI_WORKER_SSO_CLIENT_SECRET"
+            )
 
 
 @tokens.command("import-django-esi")
@@ -157,6 +177,17 @@ def tokens_reencrypt(ctx: click.Context) -> None:
             raise click.ClickException(
                 f"{summary.locked} rows could not be re-encrypted; run it again"
             )
+
+
+def _refreshable(token: Token, refusal: ClientRefusal | None) -> str:
+    """Whether a refresh could renew the token, and if not, why not."""
+    if token.refresh_token is None:
+        return "no (it has no refresh token)"
+    if not token.can_refresh:
+        return f"no (the token is {token.state})"
+    if refusal is not None:
+        return "yes, once the SSO accepts the client credentials"
+    return "yes"
 
 
 def _status(token: Token, refusal: ClientRefusal | None) -> str:

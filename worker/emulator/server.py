@@ -93,7 +93,7 @@ class Emulator:
         )
         state = EmulatorState(self._initial, self._clock)
 
-        server = _Server((self._initial.host, self._initial.port), _Handler)
+        server = self._bind()
         host, port = str(server.server_address[0]), int(server.server_address[1])
         state.base_url = f"http://{host}:{port}"
         esi = ESIService(state, table, library, SpecDocuments(table, state.base_url))
@@ -184,6 +184,17 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         """The counters (see :class:`~worker.emulator.state.Stats`)."""
         return self._running().stats.snapshot()
+
+    def _bind(self) -> _Server:
+        host, port = self._initial.host, self._initial.port
+        try:
+            return _Server((host, port), _Handler)
+        except (OSError, OverflowError) as exc:
+            # OverflowError: a port outside 0-65535 given from Python.
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigurationError(
+                f"cannot serve the emulator on {host}:{port} ({reason})"
+            ) from exc
 
     def _running(self) -> EmulatorState:
         if self._state is None or self._server is None:

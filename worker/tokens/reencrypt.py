@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ..errors import ConfigurationError
+from ..wording import counted
 
 if TYPE_CHECKING:
     from .store import TokenStore
@@ -38,15 +39,18 @@ class ReencryptSummary:
         return self.tokens + self.journal_entries + self.pending_logins
 
     def __str__(self) -> str:
+        entries = counted(
+            self.journal_entries, "refresh journal entry", "refresh journal entries"
+        )
         text = (
-            f"re-encrypted the secrets of {self.tokens} tokens, "
-            f"{self.journal_entries} refresh journal entries and "
-            f"{self.pending_logins} pending logins"
+            f"re-encrypted the secrets of {counted(self.tokens, 'token')}, "
+            f"{entries} and {counted(self.pending_logins, 'pending login')}"
         )
         if self.locked:
             text += (
-                f"; {self.locked} rows stayed locked by refreshes in flight and "
-                "were not re-encrypted: run it again before dropping the old key"
+                f"; {counted(self.locked, 'row')} stayed locked by refreshes in "
+                "flight and were not re-encrypted: run it again before dropping "
+                "the old key"
             )
         return text
 

@@ -12,6 +12,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..crypto import TokenCipher
 from ..errors import TokenLookupError
 from ..scopes import normalize_scopes
+from ..wording import counted
 from .grants import GrantFields, grant_fields
 from .journal import RefreshJournal
 from .query import TokenQuery
@@ -153,10 +154,10 @@ class TokenStore:
             token = load_token(self, conn, token_id)
         assert token is not None
         log.info(
-            "stored token %r of character %r (%d scopes)",
+            "stored token %r of character %r (%s)",
             token.id,
             token.character_id,
-            len(token.scopes),
+            counted(len(token.scopes), "scope"),
             extra={"token_id": token.id, "character_id": token.character_id},
         )
         return token
