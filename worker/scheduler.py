@@ -66,7 +66,12 @@ TAKEOVER_TICKS = 3
 
 
 class JobScheduler:
-    """Plans every job on each tick while leader; followers only keep trying."""
+    """Plans every job on each tick while leader; followers only keep trying.
+
+    :param run_at_start: on its first tick as leader, run every job once
+        whatever its schedule, then follow the schedule (the demo, so each
+        start shows every job's data).
+    """
 
     def __init__(
         self,
@@ -76,12 +81,14 @@ class JobScheduler:
         *,
         leadership: Leadership | None = None,
         blocking: bool = False,
+        run_at_start: bool = False,
     ) -> None:
         self._runtime = runtime
         self._jobs = dict(jobs)
         self._actors = actors
         self._leadership = leadership
         self._leading = False
+        self._at_start = set(self._jobs) if run_at_start else set()
         self._broker_down = False
         self._planned_until: dt.datetime | None = None
         self._trimmed_at: dt.datetime | None = None
@@ -160,11 +167,14 @@ class JobScheduler:
         now = now or self._runtime.clock.now()
         return self.plan(self._jobs[name], now, self._since(now))
 
-    def plan(self, job: Job, now: dt.datetime, since: dt.datetime) -> int:
+    def plan(
+        self, job: Job, now: dt.datetime, since: dt.datetime, *, at_once: bool = False
+    ) -> int:
         """Queue and send the runs of ``job`` due at ``now``.
 
         ``since`` is when planning last covered: a subject never run before
-        becomes due when its first slot passes after it.
+        becomes due when its first slot passes after it. With ``at_once``
+        every subject without an open run is due now.
         """
         templates = subjects(self._runtime, job)
         schedule = self.schedule(job)
@@ -179,7 +189,13 @@ class JobScheduler:
                 for subject, template in templates.items()
                 if (
                     run := self._due(
-                        job, schedule, template, latest.get(subject), now, since
+                        job,
+                        schedule,
+                        template,
+                        latest.get(subject),
+                        now,
+                        since,
+                        at_once=at_once,
                     )
                 )
                 is not None
@@ -274,15 +290,19 @@ class JobScheduler:
         latest: RunRecord | None,
         now: dt.datetime,
         since: dt.datetime,
+        *,
+        at_once: bool = False,
     ) -> PlannedRun | None:
         subject = template.subject
         if latest is None:
-            if job.fan_out is FanOut.ONCE and not job.cron:
+            if at_once or (job.fan_out is FanOut.ONCE and not job.cron):
                 return replace(template, due=now)  # a new job runs at once
             slot = schedule.latest_at_or_before(job.name, subject, now, since)
             return replace(template, due=slot) if slot else None
         if latest.state in (QUEUED, RUNNING):
             return None  # no pile-ups: the subject's run is not done yet
+        if at_once:
+            return replace(template, due=now)
 
         if _next_due(job, schedule, latest) > now:
             return None
@@ -338,10 +358,14 @@ class JobScheduler:
 
     def _plan_safely(self, name: str, now: dt.datetime, since: dt.datetime) -> int:
         try:
-            return self.plan(self._jobs[name], now, since)
+            sent = self.plan(
+                self._jobs[name], now, since, at_once=name in self._at_start
+            )
         except Exception:  # one broken job must not stop the others' plans
             log.exception("planning job %r failed", name, extra={"job": name})
             return 0
+        self._at_start.discard(name)
+        return sent
 
     def _since(self, now: dt.datetime) -> dt.datetime:
         if self._leading and self._planned_until is not None:
