@@ -14,6 +14,7 @@ from .broker import broker_from_settings
 from .db import ensure_schema, migrate, resolve_database_url
 from .errors import ConfigurationError
 from .jobs import Job, JobRegistry
+from .jobs.registry import check_job_names
 from .metrics import start_metrics_server
 from .runtime import Runtime
 from .scheduler import JobScheduler
@@ -164,6 +165,7 @@ def open_runtime(settings: Settings, *, migrate_schema: bool = False) -> Iterato
 def load_jobs(settings: Settings) -> tuple[dict[str, Job], JobRegistry]:
     """Every job plugin that loads and is not disabled; broken ones are logged."""
     registry = JobRegistry()
+    check_job_names(settings, registry)
     jobs, failures = registry.load_all()
     for name, reason in failures.items():
         log.error("job %r is not scheduled: %s", name, reason, extra={"job": name})

@@ -28,8 +28,10 @@ def jobs_list(ctx: click.Context) -> None:
 
     Broken plugins are listed with the reason they could not be loaded.
     """
+    from ..errors import ConfigurationError
     from ..jobs import JobRegistry
     from ..jobs.redaction import scrub
+    from ..jobs.registry import check_job_names
 
     settings = settings_of(ctx)
     registry = JobRegistry()
@@ -49,6 +51,12 @@ def jobs_list(ctx: click.Context) -> None:
         )
     for name, reason in sorted(failures.items()):
         click.echo(f"{name:<22} BROKEN: {scrub(reason)}")
+
+    try:
+        check_job_names(settings, registry)
+    except ConfigurationError as exc:
+        # Shown, not raised: this listing is where the right names are found.
+        click.echo(f"Warning: {exc}; 'run', 'worker' and 'scheduler' stop on it", err=True)
 
 
 @jobs.command("run")
