@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .jobs import JobRegistry
+from .jobs.registry import check_job_names
 from .metrics.server import multiprocess_registry, start_metrics_server
 from .settings import Settings
 from .signals import stop_on_signals
@@ -37,7 +39,11 @@ def launch_workers(
     """Run ``processes`` worker processes until SIGINT/SIGTERM or ``stop``.
 
     A worker that dies is started again; its counters stay counted.
+
+    :raises ConfigurationError: the settings name a job no plugin registers
+        (checked here, or each worker would die of it and be started again).
     """
+    check_job_names(settings, JobRegistry())
     stop = stop or stop_on_signals()
     metrics_dir, owned = _metrics_dir(settings)
     os.environ[MULTIPROC_ENV] = str(metrics_dir)

@@ -16,6 +16,7 @@ from .broker import broker_from_settings
 from .db import ensure_schema, migrate, resolve_database_url
 from .errors import ConfigurationError
 from .jobs import Job, JobRegistry
+from .jobs.registry import check_job_names
 from .metrics import start_metrics_server
 from .ports import check_bindable
 from .runtime import Runtime
@@ -66,7 +67,10 @@ def run(
         broker = broker_from_settings(settings)
         actors = declare_actors(broker, registry)
         stack.enter_context(running_worker(broker, settings))
-        stack.enter_context(running_scheduler(runtime, jobs, actors))
+        # The demo shows every job's data at each start, not hours later.
+        stack.enter_context(
+            running_scheduler(runtime, jobs, actors, run_at_start=emulator)
+        )
         log.info("esi-worker is running; press Ctrl-C to stop")
         wait_for_stop(duration_s)
 
@@ -247,6 +251,7 @@ def open_runtime(settings: Settings, *, migrate_schema: bool = False) -> Iterato
 def load_jobs(settings: Settings) -> tuple[dict[str, Job], JobRegistry]:
     """Every job plugin that loads and is not disabled; broken ones are logged."""
     registry = JobRegistry()
+    check_job_names(settings, registry)
     jobs, failures = registry.load_all()
     for name, reason in failures.items():
         log.error("job %r is not scheduled: %s", name, reason, extra={"job": name})
@@ -293,16 +298,25 @@ def running_worker(broker: dramatiq.Broker, settings: Settings) -> Iterator[dram
 
 @contextmanager
 def running_scheduler(
-    runtime: Runtime, jobs: dict[str, Job], actors: Actors
+    runtime: Runtime,
+    jobs: dict[str, Job],
+    actors: Actors,
+    *,
+    run_at_start: bool = False,
 ) -> Iterator[JobScheduler]:
-    """A started scheduler that plans while it holds the leadership lock."""
+    """A started scheduler that plans while it holds the leadership lock.
+
+    :param run_at_start: run every job once right away (the demo).
+    """
     from .leader import Leadership
 
     settings = runtime.settings
     leadership = None
     if settings.database_url:
         leadership = Leadership(settings.database_url, settings.scheduler_lock_key)
-    scheduler = JobScheduler(runtime, jobs, actors, leadership=leadership)
+    scheduler = JobScheduler(
+        runtime, jobs, actors, leadership=leadership, run_at_start=run_at_start
+    )
     scheduler.start()
     try:
         yield scheduler

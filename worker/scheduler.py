@@ -8,7 +8,10 @@ the same transaction that read the plan, under a per-job transaction
 lock, and only then sent. So a second scheduler, a restarted one or a
 new leader computes the same plan from the same rows and enqueues
 nothing twice; a run whose message was lost is sent again and a worker
-drops any copy of a run already claimed. A run is closed as abandoned only
+drops any copy of a run already claimed. A run the broker refused to
+take is marked as never sent, and the next tick of whichever scheduler
+leads sends it first: a broker outage delays runs by one tick after it
+ends, not by the requeue period. A run is closed as abandoned only
 once the process running it is gone (its holder lock is free), never
 while it may still be inside the job: no second run of a subject starts
 beside it.
@@ -37,12 +40,15 @@ from .jobs.records import (
     PlannedRun,
     RunRecord,
     abandon_running,
+    claim_unsent,
     latest_planned,
+    mark_unsent,
     queue_run,
     queued_before,
     touch_enqueued,
     trim_runs,
 )
+from .jobs.redaction import error_text, settings_secrets
 from .jobs.subjects import subjects
 from .leader import Leadership
 from .metrics import jobs as job_metrics
@@ -60,7 +66,12 @@ TAKEOVER_TICKS = 3
 
 
 class JobScheduler:
-    """Plans every job on each tick while leader; followers only keep trying."""
+    """Plans every job on each tick while leader; followers only keep trying.
+
+    :param run_at_start: on its first tick as leader, run every job once
+        whatever its schedule, then follow the schedule (the demo, so each
+        start shows every job's data).
+    """
 
     def __init__(
         self,
@@ -70,12 +81,15 @@ class JobScheduler:
         *,
         leadership: Leadership | None = None,
         blocking: bool = False,
+        run_at_start: bool = False,
     ) -> None:
         self._runtime = runtime
         self._jobs = dict(jobs)
         self._actors = actors
         self._leadership = leadership
         self._leading = False
+        self._at_start = set(self._jobs) if run_at_start else set()
+        self._broker_down = False
         self._planned_until: dt.datetime | None = None
         self._trimmed_at: dt.datetime | None = None
         scheduler_cls = BlockingScheduler if blocking else BackgroundScheduler
@@ -153,11 +167,14 @@ class JobScheduler:
         now = now or self._runtime.clock.now()
         return self.plan(self._jobs[name], now, self._since(now))
 
-    def plan(self, job: Job, now: dt.datetime, since: dt.datetime) -> int:
+    def plan(
+        self, job: Job, now: dt.datetime, since: dt.datetime, *, at_once: bool = False
+    ) -> int:
         """Queue and send the runs of ``job`` due at ``now``.
 
         ``since`` is when planning last covered: a subject never run before
-        becomes due when its first slot passes after it.
+        becomes due when its first slot passes after it. With ``at_once``
+        every subject without an open run is due now.
         """
         templates = subjects(self._runtime, job)
         schedule = self.schedule(job)
@@ -172,34 +189,53 @@ class JobScheduler:
                 for subject, template in templates.items()
                 if (
                     run := self._due(
-                        job, schedule, template, latest.get(subject), now, since
+                        job,
+                        schedule,
+                        template,
+                        latest.get(subject),
+                        now,
+                        since,
+                        at_once=at_once,
                     )
                 )
                 is not None
             ]
             queued = [(queue_run(conn, job.name, run, now), run) for run in due]
 
-        sent = [self._send(job, run_id, run) for run_id, run in queued if run_id]
+        sent = self._send(
+            [(job, run_id, run.character_id) for run_id, run in queued if run_id]
+        )
         if sent:
             log.info(
-                "job %r: %d runs enqueued", job.name, len(sent), extra={"job": job.name}
+                "job %r: %d runs enqueued", job.name, sent, extra={"job": job.name}
             )
-        return len(sent)
+        return sent
 
     def recover(self, now: dt.datetime, *, takeover: bool = False) -> None:
-        """Close runs whose worker died; resend queued runs whose message got lost."""
+        """Close runs whose worker died; send queued runs the broker refused
+        or whose message got lost."""
         with self._runtime.pool.connection() as conn:
             self._close_abandoned(conn, now)
+            unsent = claim_unsent(conn, sorted(self._jobs), now)
             lost = self._maybe_lost(conn, now, takeover)
             # Sent again at most once per requeue period, however long the queue.
             touch_enqueued(conn, [record.id for record in lost], now)
 
-        for record in lost:
-            if record.job in self._jobs:
-                job = self._jobs[record.job]
-                self._actors.enqueue(job, record.character_id, run_id=record.id)
-        if lost:
-            log.info("sent %d queued runs again", len(lost))
+        sent = self._send(
+            [
+                (self._jobs[record.job], record.id, record.character_id)
+                for record in (*unsent, *lost)
+                if record.job in self._jobs
+            ]
+        )
+        if sent:
+            log.info(
+                "sent %d queued runs again (%d the broker had refused, %d whose "
+                "message may be lost)",
+                sent,
+                len(unsent),
+                len(lost),
+            )
 
     def _close_abandoned(self, conn: Any, now: dt.datetime) -> None:
         for job in self._jobs.values():
@@ -225,14 +261,25 @@ class JobScheduler:
     ) -> list[RunRecord]:
         requeue_s = self._runtime.settings.job_requeue_after_s
         lost = queued_before(conn, now - dt.timedelta(seconds=requeue_s))
-        if takeover:
-            # The old leader may have died between recording and sending.
-            recent = now - dt.timedelta(seconds=TAKEOVER_TICKS * self.tick_s)
-            lost += [
-                r
-                for r in queued_before(conn, now)
-                if r.enqueued and r.enqueued >= recent
-            ]
+        if not takeover:
+            return lost
+
+        # The old leader may have died between recording and sending.
+        recent = now - dt.timedelta(seconds=TAKEOVER_TICKS * self.tick_s)
+        queued = queued_before(conn, now)
+        old = {r.id for r in lost}
+        lost += [
+            r for r in queued if r.id not in old and r.enqueued and r.enqueued >= recent
+        ]
+        if len(queued) > len(lost):
+            # Sent long enough ago to be in the broker, unless it lost them.
+            log.info(
+                "%d queued runs were sent before this scheduler took over; "
+                "one whose message was lost is sent again once "
+                "job_requeue_after_s (%g s) has passed",
+                len(queued) - len(lost),
+                requeue_s,
+            )
         return lost
 
     def _due(
@@ -243,15 +290,19 @@ class JobScheduler:
         latest: RunRecord | None,
         now: dt.datetime,
         since: dt.datetime,
+        *,
+        at_once: bool = False,
     ) -> PlannedRun | None:
         subject = template.subject
         if latest is None:
-            if job.fan_out is FanOut.ONCE and not job.cron:
+            if at_once or (job.fan_out is FanOut.ONCE and not job.cron):
                 return replace(template, due=now)  # a new job runs at once
             slot = schedule.latest_at_or_before(job.name, subject, now, since)
             return replace(template, due=slot) if slot else None
         if latest.state in (QUEUED, RUNNING):
             return None  # no pile-ups: the subject's run is not done yet
+        if at_once:
+            return replace(template, due=now)
 
         if _next_due(job, schedule, latest) > now:
             return None
@@ -264,16 +315,57 @@ class JobScheduler:
             deferrals=latest.deferrals + 1 if latest.outcome == DEFERRED else 0,
         )
 
-    def _send(self, job: Job, run_id: int, run: PlannedRun) -> int:
-        self._actors.enqueue(job, run.character_id, run_id=run_id)
-        return run_id
+    def _send(self, runs: list[tuple[Job, int, int | None]]) -> int:
+        """Send ``(job, run id, character id)`` in order; returns how many went.
+
+        From the first the broker refuses on, the runs are marked as never
+        sent: the broker is most likely down, and the next tick tries again.
+        """
+        for index, (job, run_id, character_id) in enumerate(runs):
+            try:
+                self._actors.enqueue(job, character_id, run_id=run_id)
+            except Exception as exc:  # noqa: BLE001 (any broker error: not sent)
+                self._keep_unsent(runs[index:], exc)
+                return index
+        if runs and self._broker_down:
+            self._broker_down = False
+            log.info("the broker takes messages again")
+        return len(runs)
+
+    def _keep_unsent(
+        self, runs: list[tuple[Job, int, int | None]], exc: Exception
+    ) -> None:
+        run_ids = [run_id for _, run_id, _ in runs]
+        names = sorted({job.name for job, _, _ in runs})
+        # Said once per outage; while it lasts, every tick fails the same way.
+        level = logging.DEBUG if self._broker_down else logging.WARNING
+        self._broker_down = True
+        log.log(
+            level,
+            "%d runs of job %s not sent to the broker, from run %r on: %s; "
+            "the next tick sends them again",
+            len(runs),
+            ", ".join(repr(name) for name in names),
+            run_ids[0],
+            error_text(exc, settings_secrets(self._runtime.settings)),
+            extra={"job": names[0], "run_id": run_ids[0]},
+        )
+        try:
+            with self._runtime.pool.connection() as conn:
+                mark_unsent(conn, run_ids)
+        except Exception:  # the database too: the requeue period catches them
+            log.exception("runs %r could not be marked as not sent", run_ids)
 
     def _plan_safely(self, name: str, now: dt.datetime, since: dt.datetime) -> int:
         try:
-            return self.plan(self._jobs[name], now, since)
+            sent = self.plan(
+                self._jobs[name], now, since, at_once=name in self._at_start
+            )
         except Exception:  # one broken job must not stop the others' plans
             log.exception("planning job %r failed", name, extra={"job": name})
             return 0
+        self._at_start.discard(name)
+        return sent
 
     def _since(self, now: dt.datetime) -> dt.datetime:
         if self._leading and self._planned_until is not None:

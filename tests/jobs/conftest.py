@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -109,3 +112,90 @@ def redis_worker(
     worker = StartedWorker(frozen_runtime, registry, broker=redis_broker)
     yield worker
     worker.stop()
+
+
+class TcpGate:
+    """A port on 127.0.0.1 that forwards to Redis while open, refuses while shut.
+
+    It stands for a broker that goes down and comes back at one address.
+    """
+
+    def __init__(self, target_port: int = 6379) -> None:
+        self._target = target_port
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._open = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        listener.settimeout(0.05)
+        self._open.set()
+        self._thread = threading.Thread(target=self._accept, args=(listener,))
+        self._thread.start()
+
+    def shut(self) -> None:
+        self._open.clear()
+        if self._thread is not None:
+            self._thread.join()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):  # shutdown wakes a blocked recv
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        with listener:
+            while self._open.is_set():
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                client.settimeout(None)
+                upstream = socket.create_connection(("127.0.0.1", self._target))
+                self._sockets += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(
+                        target=_pump, args=(source, sink), daemon=True
+                    ).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass  # the gate was shut under it
+    finally:
+        sink.close()
+
+
+@pytest.fixture
+def broker_gate() -> Iterator[TcpGate]:
+    """A shut gate to the test Redis; ``open()`` brings the "broker" back."""
+    gate = TcpGate()
+    yield gate
+    gate.shut()
+
+
+class CountSends(dramatiq.Middleware):
+    """Counts the run messages that reach the broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self._lock = threading.Lock()
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        if message.actor_name == "run_job":
+            with self._lock:
+                self.sent.append(message.args[3])
+
+
+@pytest.fixture
+def sends(redis_worker: StartedWorker) -> CountSends:
+    """The run ids sent to the Redis worker's broker, one entry per message."""
+    counter = CountSends()
+    redis_worker.broker.add_middleware(counter)
+    return counter

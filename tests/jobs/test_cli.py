@@ -422,3 +422,59 @@ def test_jobs_runs_of_an_unknown_job_names_the_registered_ones(cli: Any) -> None
     assert result.exit_code != 0
     assert "no job named 'market_ordres'" in result.output
     assert "market_orders" in result.output
+
+
+@pytest.fixture
+def unmigrated_url(pytestconfig: pytest.Config) -> Any:
+    """A database of its own with no schema in it."""
+    import secrets
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    admin_url = pytestconfig.getoption("--esi-worker-db")
+    name = f"esi_worker_bare_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": name})
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _list_jobs(database_url: str, tmp_path: Path) -> Any:
+    env = {
+        "ESI_WORKER_DATABASE_URL": database_url,
+        "ESI_WORKER_DATA_DIR": str(tmp_path / "data"),
+    }
+    return CliRunner().invoke(main, ["jobs", "list"], env=env)
+
+
+def test_jobs_list_on_a_missing_database_says_why_and_fails(tmp_path: Path) -> None:
+    # given: a database URL, with a password, naming a database nobody created
+    url = "postgresql://postgres:n0t-shown-pw@127.0.0.1:5432/esi_worker_no_such_db"
+
+    # when
+    result = _list_jobs(url, tmp_path)
+
+    # then: the jobs are listed, then the reason; no migrate hint, no password
+    assert result.exit_code == 1
+    assert "market_orders" in result.stdout
+    assert result.stderr.startswith(
+        "Error: next runs unknown: cannot connect to PostgreSQL at "
+        "127.0.0.1:5432/esi_worker_no_such_db"
+    )
+    assert 'database "esi_worker_no_such_db" does not exist' in result.stderr
+    assert "migrate" not in result.stderr and "Error" not in result.stdout
+    assert "n0t-shown-pw" not in result.output
+
+
+def test_jobs_list_on_an_unmigrated_database_names_the_migrate_command(
+    unmigrated_url: str, tmp_path: Path
+) -> None:
+    result = _list_jobs(unmigrated_url, tmp_path)
+
+    assert result.exit_code == 1
+    assert "market_orders" in result.stdout
+    assert "is not created yet (head is " in result.stderr
+    assert "run 'esi-worker migrate' first" in result.stderr
+    assert "ConfigurationError" not in result.output

@@ -7,7 +7,6 @@ import threading
 import time
 from typing import Any
 
-import dramatiq
 import psycopg
 import pytest
 
@@ -17,19 +16,6 @@ from worker.leader import Leadership
 from worker.runtime import Runtime
 from worker.scheduler import JobScheduler
 from worker.testing.harness import StartedWorker
-
-
-class CountSends(dramatiq.Middleware):
-    """Counts the run messages that reach the broker."""
-
-    def __init__(self) -> None:
-        self.sent: list[Any] = []
-        self._lock = threading.Lock()
-
-    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
-        if message.actor_name == "run_job":
-            with self._lock:
-                self.sent.append(message.args[3])
 
 
 @pytest.fixture
@@ -92,11 +78,10 @@ def test_two_schedulers_ticking_at_once_enqueue_each_run_exactly_once(
     probe_jobs: dict[str, Job],
     probe: Any,
     candidates: Any,
+    sends: Any,
     with_leadership: bool,
 ) -> None:
     # given: two schedulers on the same database and Redis broker
-    counter = CountSends()
-    redis_worker.broker.add_middleware(counter)
     schedulers = [
         redis_worker.scheduler(probe_jobs, candidates() if with_leadership else None)
         for _ in range(2)
@@ -122,7 +107,7 @@ def test_two_schedulers_ticking_at_once_enqueue_each_run_exactly_once(
         ).fetchall()
     slots = collections.Counter((job, subject, due) for _, job, subject, due, _ in rows)
     assert slots and max(slots.values()) == 1
-    assert sorted(counter.sent) == sorted(row[0] for row in rows)
+    assert sorted(sends.sent) == sorted(row[0] for row in rows)
     assert {row[4] for row in rows} == {"success"}
     assert len(probe.calls) == len(rows)
     per_subject = collections.Counter((job, subject) for job, subject, _ in slots)

@@ -372,3 +372,44 @@ def test_an_outage_of_the_workers_yields_one_catch_up_run_per_job_and_character(
     for _name, _character, due in probe.calls:
         assert back - dt.timedelta(seconds=600) < due <= back
     assert again == 0
+
+
+
+@pytest.mark.parametrize("run_at_start", [True, False], ids=["demo", "production"])
+def test_a_demo_scheduler_runs_every_job_and_subject_once_at_start_then_the_plan(
+    redis_worker: StartedWorker,
+    clock: FrozenClock,
+    pilots: list[int],
+    probe: Any,
+    run_at_start: bool,
+) -> None:
+    from worker.scheduler import JobScheduler
+
+    # given: every job has run for every character; no slot is due now
+    _minutes(redis_worker, clock, 10)
+    probe.calls.clear()
+    clock.advance(1)
+
+    # when: a scheduler starts again (as the demo's second start does)
+    # and ticks twice
+    scheduler = JobScheduler(
+        redis_worker.runtime,
+        redis_worker.registry.load_all()[0],
+        redis_worker.actors,
+        run_at_start=run_at_start,
+    )
+    first = scheduler.tick_all()
+    redis_worker.join()
+    second = scheduler.tick_all()
+    redis_worker.join()
+
+    # then: the demo ran every job and character once, at once, and then
+    # waits for their slots; a production start only keeps to the plan
+    expected = [("once_probe", None)] + [("character_probe", c) for c in pilots]
+    if run_at_start:
+        assert first == len(expected) and second == 0
+        assert sorted(probe.calls, key=str) == sorted(
+            [(name, character, clock.now()) for name, character in expected], key=str
+        )
+    else:
+        assert first == second == 0 and probe.calls == []

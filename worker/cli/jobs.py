@@ -27,14 +27,17 @@ def jobs_list(ctx: click.Context) -> None:
     """List every job: source package, schedule, scopes, fan-out, next run.
 
     Broken plugins are listed with the reason they could not be loaded.
+    Exits 1 when the next runs cannot be read from the database.
     """
+    from ..errors import ConfigurationError
     from ..jobs import JobRegistry
-    from ..jobs.redaction import scrub
+    from ..jobs.redaction import scrub, settings_secrets
+    from ..jobs.registry import check_job_names
 
     settings = settings_of(ctx)
     registry = JobRegistry()
     found, failures = registry.load_all()
-    next_runs = _next_runs(ctx, found)
+    next_runs, unknown_why = _next_runs(ctx, found)
     click.echo(
         f"{'JOB':<22} {'SOURCE':<26} {'SCHEDULE':<26} {'FAN-OUT':<16} "
         f"{'NEXT RUN':<20} SCOPES"
@@ -49,6 +52,16 @@ def jobs_list(ctx: click.Context) -> None:
         )
     for name, reason in sorted(failures.items()):
         click.echo(f"{name:<22} BROKEN: {scrub(reason)}")
+
+    try:
+        check_job_names(settings, registry)
+    except ConfigurationError as exc:
+        # Shown, not raised: this listing is where the right names are found.
+        click.echo(f"Warning: {exc}; 'run', 'worker' and 'scheduler' stop on it", err=True)
+    if unknown_why:
+        shown = scrub(unknown_why, settings_secrets(settings))
+        click.echo(f"Error: next runs unknown: {shown}", err=True)
+        ctx.exit(1)
 
 
 @jobs.command("run")
@@ -143,11 +156,15 @@ def jobs_new(name: str, directory: Path) -> None:
     click.echo(f"next: pip install -e '{root}[test]' && pytest {root}")
 
 
-def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
+def _next_runs(
+    ctx: click.Context, found: dict[str, Job]
+) -> tuple[dict[str, str], str]:
+    """The next run of each job, or none and the reason they are unknown."""
     # The next run comes from the run records and the current subjects, in
     # the configured database or the embedded one.
     import psycopg
 
+    from ..db import scrub_error
     from ..errors import WorkerError
     from ..runner import open_runtime
     from ..scheduler import next_run
@@ -159,13 +176,13 @@ def _next_runs(ctx: click.Context, found: dict[str, Job]) -> dict[str, str]:
             return {
                 name: _when(next_run(runtime, job, now), now)
                 for name, job in found.items()
-            }
-    except (WorkerError, psycopg.Error) as exc:
-        click.echo(
-            f"(next runs unknown: {type(exc).__name__}; run 'esi-worker migrate'?)",
-            err=True,
-        )
-        return {}
+            }, ""
+    except WorkerError as exc:
+        # Ours name the server, never a password; only a schema behind
+        # (or absent) names 'esi-worker migrate'.
+        return {}, str(exc)
+    except psycopg.Error as exc:
+        return {}, scrub_error(exc, settings.database_url or "")
 
 
 def _when(instant: dt.datetime | None, now: dt.datetime) -> str:

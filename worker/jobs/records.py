@@ -1,6 +1,7 @@
 """The run records in ``esi_job_run``: queued, running, finished, trimmed.
 
-A run's ``state`` is ``queued`` (planned, message sent), ``running``
+A run's ``state`` is ``queued`` (planned; ``enqueued`` is when its
+message was sent, NULL while the broker refused it), ``running``
 (claimed by a worker), ``adhoc`` (started by hand, outside the plan) or
 ``finished`` (``outcome`` set). The partial unique index on ``(job,
 subject)`` over ``queued``/``running`` is what stops pile-ups, even between
@@ -221,6 +222,32 @@ def queued_before(
             (before,),
         ).fetchall()
     return [RunRecord(**row) for row in rows]
+
+
+def claim_unsent(
+    conn: psycopg.Connection[Any], jobs: list[str], now: dt.datetime
+) -> list[RunRecord]:
+    """Queued runs of ``jobs`` never sent, marked as sent at ``now``.
+
+    Each run goes to one caller only, however many schedulers ask at once.
+    """
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "UPDATE esi_job_run SET enqueued = %s WHERE state = 'queued'"
+            f" AND enqueued IS NULL AND job = ANY(%s) RETURNING {_COLUMNS}",
+            (now, jobs),
+        ).fetchall()
+    return sorted((RunRecord(**row) for row in rows), key=lambda r: r.id)
+
+
+def mark_unsent(conn: psycopg.Connection[Any], run_ids: list[int]) -> None:
+    """Mark queued runs whose message the broker refused: sent again at once."""
+    if run_ids:
+        conn.execute(
+            "UPDATE esi_job_run SET enqueued = NULL"
+            " WHERE id = ANY(%s) AND state = 'queued'",
+            (run_ids,),
+        )
 
 
 def touch_enqueued(

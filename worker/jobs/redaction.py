@@ -13,6 +13,7 @@ import re
 import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from ..logs import REDACTED, redact
 
@@ -52,4 +53,16 @@ def traceback_text(exc: BaseException, secrets: Iterable[str | None] = ()) -> st
 def settings_secrets(settings: Settings) -> list[str]:
     """The secrets of the worker's own configuration."""
     values = [settings.sso_client_secret, *settings.token_keys]
-    return [value.get_secret_value() for value in values if value is not None]
+    found = [value.get_secret_value() for value in values if value is not None]
+    return [*found, *_url_passwords(settings.broker_url, settings.database_url)]
+
+
+def _url_passwords(*urls: str | None) -> list[str]:
+    passwords = []
+    for url in urls:
+        try:
+            passwords.append(urlsplit(url or "").password)
+        except ValueError:  # malformed (an unclosed IPv6 bracket): no user info
+            continue
+    # A password may be quoted in the URL and appear unquoted in a message.
+    return [form for p in passwords if p for form in {p, unquote(p)}]

@@ -8,17 +8,22 @@ reported and the built-in job is kept.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import threading
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import JobDefinitionError, JobError, UnknownJobError
+from ..errors import ConfigurationError, JobDefinitionError, JobError, UnknownJobError
 from .declaration import Job
 from .redaction import error_text
 from .roles import bundled_swagger
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,30 @@ class JobRegistry:
             )
 
 
+def check_job_names(settings: Settings, registry: JobRegistry) -> None:
+    """Refuse a job name in the settings that no job is registered as.
+
+    A typo in ``ESI_WORKER_JOB_INTERVALS`` would otherwise leave the job
+    on its default interval, and one in ``ESI_WORKER_DISABLED_JOBS`` the
+    job running, without a word. Broken plugins count as registered.
+
+    :raises ConfigurationError: naming each unknown name and the known ones.
+    """
+    known = registry.names()
+    problems = [
+        f"{setting} names {_unknown(names, known)}"
+        for setting, names in (
+            ("ESI_WORKER_JOB_INTERVALS", settings.job_intervals),
+            ("ESI_WORKER_DISABLED_JOBS", settings.disabled_jobs),
+        )
+        if set(names) - set(known)
+    ]
+    if problems:
+        raise ConfigurationError(
+            f"{'; '.join(problems)} (registered jobs: {', '.join(known) or 'none'})"
+        )
+
+
 @functools.cache
 def esi_scopes() -> frozenset[str]:
     """Every scope named by the bundled ESI specs (Swagger and OpenAPI)."""
@@ -184,6 +213,17 @@ def esi_scopes() -> frozenset[str]:
         for flow in scheme.get("flows", {}).values():
             names.update(flow.get("scopes", {}))
     return frozenset(names | _LEGACY_SCOPES)
+
+
+def _unknown(names: Iterable[str], known: list[str]) -> str:
+    """``'nosuch', 'market_order' (did you mean 'market_orders'?)``."""
+    shown = []
+    for name in sorted(set(names) - set(known)):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        shown.append(f"{name!r}{hint}")
+    noun = "an unknown job" if len(shown) == 1 else "unknown jobs"
+    return f"{noun}: {', '.join(shown)}"
 
 
 def _origin(entry: EntryPoint) -> tuple[str, str]:
