@@ -91,7 +91,8 @@ def _start_demo_until(env: dict[str, str], tmp_path: Path, runs_each: int) -> No
     log_path = tmp_path / f"demo-{runs_each}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--emulator"],
+            [sys.executable, "-m", "worker", "run", "--emulator",
+             "--use-configured-services"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
