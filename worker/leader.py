@@ -60,6 +60,44 @@ def session_connection(url: str, name: str) -> psycopg.Connection[Any]:
     )
 
 
+class LockSession:
+    """The session behind session-level advisory locks: opened on demand,
+    checked, closed. Its locks live exactly as long as it does."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self._url = url
+        self._name = name
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """The session, opened anew if there is none.
+
+        :raises psycopg.Error: when PostgreSQL cannot be reached.
+        """
+        if self._conn is None or self._conn.closed:
+            self._conn = session_connection(self._url, self._name)
+        return self._conn
+
+    def alive(self) -> bool:
+        """Whether the session (and so every lock it took) still stands."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the session, which frees its locks."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass  # the session is gone either way, and so is its lock
+        self._conn = None
+
+
 class Leadership:
     """One candidate for leadership; :meth:`check` is cheap enough for every tick."""
 
@@ -68,7 +106,7 @@ class Leadership:
         self._key = key
         self._name = name
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = LockSession(database_url, name)
         self._leading = False
 
     @property
@@ -83,7 +121,7 @@ class Leadership:
         and retried on the next check.
         """
         with self._lock:
-            if self._leading and self._alive():
+            if self._leading and self._session.alive():
                 return True
             if self._leading:
                 log.warning(
@@ -102,9 +140,7 @@ class Leadership:
 
     def _try_acquire(self) -> bool:
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = session_connection(self._url, self._name)
-            row = self._conn.execute(
+            row = self._session.connection().execute(
                 "SELECT pg_try_advisory_lock(%s)", (self._key,)
             ).fetchone()
         except psycopg.Error as exc:
@@ -121,19 +157,6 @@ class Leadership:
             log.info("%s is now the leader", self._name)
         return acquired
 
-    def _alive(self) -> bool:
-        try:
-            assert self._conn is not None
-            self._conn.execute("SELECT 1")
-        except (psycopg.Error, AssertionError):
-            return False
-        return True
-
     def _drop(self) -> None:
         self._leading = False
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass  # the session is gone either way, and so is its lock
-        self._conn = None
+        self._session.close()

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from .. import httpdate
+
 
 @dataclasses.dataclass
 class Request:
@@ -110,12 +112,8 @@ def http_date(epoch_s: float) -> str:
 
 def parse_http_date(text: str | None) -> float | None:
     """Seconds since the epoch for an RFC 7231 date, or None."""
-    if not text:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError):
-        return None
+    parsed = httpdate.parse_http_date(text)
+    return parsed.timestamp() if parsed is not None else None
 
 
 def answer_after(started: float, latency_s: float) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.utils
 import hashlib
 import logging
 import math
@@ -23,6 +22,7 @@ import orjson
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError
+from ..httpdate import parse_http_date
 from ..metrics import esi as metrics
 
 if TYPE_CHECKING:
@@ -432,7 +432,7 @@ def freshness_s(
     directives = _cache_control(headers.get("Cache-Control", ""))
     if "no-store" in directives or "no-cache" in directives:
         return None
-    served = _http_date(headers.get("Date")) or now
+    served = parse_http_date(headers.get("Date")) or now
     # RFC 9111 4.2.3: the larger of what Age says and how long ago Date
     # was. A Date far behind our clock means an old answer (or a clock
     # running ahead of ESI's); either way less of its life is left.
@@ -447,7 +447,7 @@ def freshness_s(
             return None
         return _capped(lifetime - age, cap_s)
 
-    expires = _http_date(headers.get("Expires"))
+    expires = parse_http_date(headers.get("Expires"))
     if expires is None:
         return None
     return _capped((expires - served).total_seconds() - age, cap_s)
@@ -489,18 +489,6 @@ def _cache_control(value: str) -> dict[str, str]:
         if name:
             directives[name.lower()] = arg.strip().strip('"')
     return directives
-
-
-def _http_date(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed
 
 
 def _capped(seconds: float, cap_s: float) -> float | None:

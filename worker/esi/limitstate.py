@@ -18,11 +18,11 @@ limiter; ``bad`` tells the caller to write the repaired document back.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import email.utils
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from ..httpdate import parse_http_date
 
 State = dict[str, Any]
 
@@ -229,15 +229,8 @@ def number(value: Any) -> float | None:
 
 def http_date(value: str | None) -> float | None:
     """An HTTP date as a Unix time, else None."""
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.timestamp()
+    parsed = parse_http_date(value)
+    return parsed.timestamp() if parsed is not None else None
 
 
 # -- field checks: each returns the value, or raises ValueError -----------------

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..leader import session_connection
+from ..leader import LockSession
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -43,9 +43,8 @@ class RunHolder:
     """This process's holder number on one database, and the lock that proves it."""
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._session = LockSession(conninfo, "runs")
         self._number: int | None = None
 
     def number(self) -> int:
@@ -54,17 +53,16 @@ class RunHolder:
         :raises psycopg.Error: when PostgreSQL cannot be reached.
         """
         with self._lock:
-            if self._number is not None and self._alive():
+            if self._number is not None and self._session.alive():
                 return self._number
-            self._drop()
-            self._conn = session_connection(self._conninfo, "runs")
-            self._number = self._take(self._conn)
+            self._session.close()
+            self._number = self._take(self._session.connection())
             return self._number
 
     def close(self) -> None:
         """Let the lock go: this process runs nothing more on the database."""
         with self._lock:
-            self._drop()
+            self._session.close()
             self._number = None
 
     def _take(self, conn: psycopg.Connection[Any]) -> int:
@@ -79,22 +77,6 @@ class RunHolder:
             if _try_lock(conn, int(row[0])):
                 log.debug("this process holds its runs as holder %d", row[0])
                 return int(row[0])
-
-    def _alive(self) -> bool:
-        try:
-            assert self._conn is not None
-            self._conn.execute("SELECT 1")
-        except (psycopg.Error, AssertionError):
-            return False
-        return True
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass  # the session is gone either way, and so is its lock
-        self._conn = None
 
 
 def holder_for(pool: ConnectionPool) -> RunHolder:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import email.utils
 import threading
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from ..httpdate import parse_http_date
 
 
 @dataclass
@@ -95,11 +96,4 @@ def counting(stats: RunStats) -> Iterator[RunStats]:
 
 
 def _expires(headers: Mapping[str, str] | None) -> dt.datetime | None:
-    value = (headers or {}).get("Expires")
-    if not value:
-        return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None  # ESI sends RFC 7231 dates; anything else is ignored
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return parse_http_date((headers or {}).get("Expires"))

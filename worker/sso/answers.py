@@ -11,8 +11,6 @@ rotated the refresh token at the SSO.
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import json
 import math
 from typing import Any
@@ -28,6 +26,7 @@ from ..errors import (
     SSOIncompleteResponseError,
     SSOTransientError,
 )
+from ..httpdate import parse_http_date
 
 GRANT_ERRORS = frozenset({"invalid_grant", "invalid_token"})
 CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
@@ -176,12 +175,9 @@ def _retry_after_s(response: requests.Response, clock: Clock) -> float | None:
         return _bounded(float(value))
     except ValueError:
         pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    when = parse_http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
     return _bounded((when - clock.now()).total_seconds())
 
 
